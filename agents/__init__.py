@@ -1,0 +1,1 @@
+"""Faust application and agents (installed as ``driftline.agents``)."""

@@ -1,0 +1,173 @@
+"""One settings object for every Driftline process, read from ``DRIFTLINE_*`` environment variables.
+
+Each field documents its variable and default. Timing knobs that only make sense on the embedded
+dev broker (short group-join timeouts, see FIELD-NOTES) live in a separate profile table, so a
+production deployment never inherits them by accident: ``DRIFTLINE_PROFILE=prod`` is the default,
+``driftline dev``, ``make demo`` and the tests set ``dev``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def _setting(env: str, default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"env": env, "doc": doc})
+
+
+# Group-membership timings. The embedded broker (Tansu) holds a group join for the full
+# rebalance timeout, so dev uses seconds where production keeps the Kafka defaults.
+PROFILES: dict[str, dict[str, int]] = {
+    "dev": {
+        "session_timeout_ms": 6000,
+        "max_poll_interval_ms": 6000,
+        "heartbeat_interval_ms": 1000,
+        "rebalance_timeout_ms": 3000,
+    },
+    "prod": {
+        "session_timeout_ms": 45000,
+        "max_poll_interval_ms": 300000,
+        "heartbeat_interval_ms": 3000,
+        "rebalance_timeout_ms": 60000,
+    },
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of Driftline. Build with :meth:`from_env`; tests build it directly."""
+
+    profile: str = _setting("DRIFTLINE_PROFILE", "prod", "dev or prod: selects group timings")
+    kafka_bootstrap: str | None = _setting(
+        "DRIFTLINE_KAFKA_BOOTSTRAP", None,
+        "Kafka bootstrap servers; unset = `driftline dev` starts the embedded broker")
+    redis_url: str | None = _setting(
+        "DRIFTLINE_REDIS_URL", None,
+        "Redis URL (online store and stream state); unset = `driftline dev` starts redis-server")
+    schema_registry_url: str | None = _setting(
+        "DRIFTLINE_SCHEMA_REGISTRY_URL", None,
+        "Confluent schema registry; enables decoding of the Confluent wire format")
+    data_dir: Path = _setting(
+        "DRIFTLINE_DATA_DIR", Path("data"), "offline store, model registry and local state")
+    feature_defs: Path | None = _setting(
+        "DRIFTLINE_FEATURE_DEFS", None, "feature definitions folder; unset = the shipped demo")
+    partitions: int = _setting("DRIFTLINE_PARTITIONS", 6, "partitions of every topic created")
+    replication_factor: int = _setting(
+        "DRIFTLINE_REPLICATION_FACTOR", 1, "replication factor of every topic created")
+    topic_events: str = _setting("DRIFTLINE_TOPIC_EVENTS", "driftline.events", "raw events")
+    topic_features: str = _setting(
+        "DRIFTLINE_TOPIC_FEATURES", "driftline.features", "one feature record per event")
+    topic_predictions: str = _setting(
+        "DRIFTLINE_TOPIC_PREDICTIONS", "driftline.predictions", "one prediction per feature record")
+    topic_labels: str = _setting("DRIFTLINE_TOPIC_LABELS", "driftline.labels", "delayed labels")
+    topic_drift: str = _setting("DRIFTLINE_TOPIC_DRIFT", "driftline.drift", "drift events")
+    topic_models: str = _setting(
+        "DRIFTLINE_TOPIC_MODELS", "driftline.models", "model stage transitions")
+    topic_dlq: str = _setting(
+        "DRIFTLINE_TOPIC_DLQ", "driftline.dlq", "dead letters: original bytes and the reason")
+    group_features: str = _setting(
+        "DRIFTLINE_GROUP_FEATURES", "driftline-features", "consumer group of the feature workers")
+    batch_size: int = _setting(
+        "DRIFTLINE_BATCH_SIZE", 10000, "most messages taken from Kafka in one batch")
+    batch_timeout_ms: int = _setting(
+        "DRIFTLINE_BATCH_TIMEOUT_MS", 100, "longest wait to fill a batch")
+    redis_ttl_s: int = _setting(
+        "DRIFTLINE_REDIS_TTL_S", 7 * 24 * 3600, "TTL of online feature keys; 0 = no expiry")
+    worker_host: str = _setting("DRIFTLINE_WORKER_HOST", "127.0.0.1", "feature worker HTTP host")
+    worker_port: int = _setting("DRIFTLINE_WORKER_PORT", 6066, "feature worker HTTP port")
+    log_level: str = _setting("DRIFTLINE_LOG_LEVEL", "info", "log level of every process")
+    session_timeout_ms: int | None = _setting(
+        "DRIFTLINE_SESSION_TIMEOUT_MS", None, "consumer session timeout; unset = profile value")
+    max_poll_interval_ms: int | None = _setting(
+        "DRIFTLINE_MAX_POLL_INTERVAL_MS", None, "consumer max poll interval; unset = profile")
+    heartbeat_interval_ms: int | None = _setting(
+        "DRIFTLINE_HEARTBEAT_INTERVAL_MS", None, "consumer heartbeat; unset = profile value")
+    rebalance_timeout_ms: int | None = _setting(
+        "DRIFTLINE_REBALANCE_TIMEOUT_MS", None, "Faust rebalance timeout; unset = profile value")
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ValueError(
+                f"DRIFTLINE_PROFILE={self.profile!r}: expected one of {', '.join(PROFILES)}")
+        for name, value in PROFILES[self.profile].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        if self.partitions < 1:
+            raise ValueError(f"DRIFTLINE_PARTITIONS must be >= 1, got {self.partitions}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every ``DRIFTLINE_*`` variable; unknown ones are an error (typos are common)."""
+        environ = os.environ if environ is None else environ
+        known = {f.metadata["env"]: f for f in dataclasses.fields(cls)}
+        unknown = sorted(k for k in environ if k.startswith("DRIFTLINE_") and k not in known)
+        if unknown:
+            raise ValueError(f"unknown setting(s) {', '.join(unknown)}; see `driftline config`")
+        values: dict[str, Any] = {}
+        for env, f in known.items():
+            raw = environ.get(env)
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f, raw)
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def to_env(self) -> dict[str, str]:
+        """The variables that reproduce these settings in a child process."""
+        env = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                env[f.metadata["env"]] = str(value)
+        return env
+
+    @property
+    def topics(self) -> dict[str, str]:
+        """Role -> topic name, for every topic Driftline owns."""
+        return {
+            f.name.removeprefix("topic_"): getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name.startswith("topic_")
+        }
+
+    @property
+    def redis_url_or_fail(self) -> str:
+        if not self.redis_url:
+            raise RuntimeError("DRIFTLINE_REDIS_URL is not set (run `driftline dev` or set it)")
+        return self.redis_url
+
+    @property
+    def kafka_bootstrap_or_fail(self) -> str:
+        if not self.kafka_bootstrap:
+            raise RuntimeError(
+                "DRIFTLINE_KAFKA_BOOTSTRAP is not set (run `driftline dev` or set it)")
+        return self.kafka_bootstrap
+
+
+def _parse(f: dataclasses.Field, raw: str) -> Any:
+    kind = str(f.type)
+    try:
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("Path"):
+            return Path(raw)
+    except ValueError as exc:
+        raise ValueError(f"{f.metadata['env']}={raw!r}: expected an integer") from exc
+    return raw
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) for every setting, for `driftline config` and the README."""
+    rows = []
+    for f in dataclasses.fields(Settings):
+        default = "" if f.default is None else str(f.default)
+        rows.append((f.metadata["env"], default, f.metadata["doc"]))
+    return rows

@@ -1,0 +1,118 @@
+"""`driftline dev`: the whole local stack in one command.
+
+Starts the embedded broker and Redis unless addresses are given, creates the topics, starts every
+Driftline service as a child process, prints one line per endpoint and then ``ready``. SIGINT or
+SIGTERM stops everything it started, in reverse order, and leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from driftline import devstack, kafka
+from driftline.devstack import ManagedProcess, ServerStartError
+from driftline.settings import Settings
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    processes: list[ManagedProcess] = field(default_factory=list)
+    endpoints: list[tuple[str, str]] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for proc in reversed(self.processes):
+            proc.stop()
+        self.processes.clear()
+
+
+def start_servers(settings: Settings) -> Stack:
+    """Broker and Redis: the given ones, else embedded. Returns settings that point at them."""
+    log_dir = settings.data_dir / "logs"
+    stack = Stack(settings)
+    try:
+        if not settings.kafka_bootstrap:
+            broker = devstack.start_broker(log_dir)
+            stack.processes.append(broker)
+            settings = settings.replace(kafka_bootstrap=broker.address)
+        if not settings.redis_url:
+            redis = devstack.start_redis(log_dir)
+            stack.processes.append(redis)
+            settings = settings.replace(redis_url=redis.address)
+    except BaseException:
+        stack.stop()
+        raise
+    stack.settings = settings
+    stack.endpoints += [("kafka", settings.kafka_bootstrap), ("redis", settings.redis_url)]
+    return stack
+
+
+def wait_healthy(url: str, proc: ManagedProcess, timeout: float,
+                 ready: Callable[[dict], bool] = lambda body: True) -> dict:
+    """Poll a JSON health endpoint until it answers 200 and `ready(body)` holds."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise ServerStartError(f"{proc.name} exited with code {proc.proc.returncode}:\n"
+                                   f"{proc.log_tail(40)}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                body = json.loads(resp.read())
+                if ready(body):
+                    return body
+                last = json.dumps(body)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            last = str(exc)
+        time.sleep(0.2)
+    raise ServerStartError(f"{proc.name} not ready at {url} within {timeout:.0f}s ({last}):\n"
+                           f"{proc.log_tail(40)}")
+
+
+def start_worker(stack: Stack, timeout: float = 60.0) -> ManagedProcess:
+    settings = stack.settings
+    port = devstack.free_port() if settings.worker_port == 0 else settings.worker_port
+    env = devstack.child_env(settings.replace(worker_port=port).to_env())
+    proc = devstack.spawn("worker", devstack.python_argv("worker"), settings.data_dir / "logs",
+                          f"http://{settings.worker_host}:{port}", env=env)
+    stack.processes.append(proc)
+    wait_healthy(f"{proc.address}/health", proc, timeout,
+                 ready=lambda body: body.get("status") == "ok" and body["assigned_partitions"])
+    stack.endpoints.append(("worker", f"{proc.address} (/health /metrics)"))
+    return proc
+
+
+def run_dev(settings: Settings, with_services: bool = True, out=print) -> int:
+    stack = start_servers(settings)
+    stopping = []
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        stopping.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        created = kafka.create_topics(stack.settings)
+        stack.endpoints.append(("topics", ", ".join(sorted(created))))
+        if with_services:
+            start_worker(stack)
+        for name, address in stack.endpoints:
+            out(f"{name:<8} {address}")
+        out("ready", flush=True)
+        while all(p.alive() for p in stack.processes):
+            time.sleep(0.5)
+        dead = [p for p in stack.processes if not p.alive()]
+        for proc in dead:
+            out(f"{proc.name} exited with code {proc.proc.returncode}; stopping\n"
+                f"{proc.log_tail(40)}")
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stack.stop()

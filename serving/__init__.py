@@ -1,0 +1,1 @@
+"""Scorer service (installed as ``driftline.serving``)."""

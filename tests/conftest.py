@@ -1,0 +1,1 @@
+"""Shared fixtures. Integration fixtures start real servers once per session and fail loudly."""

@@ -1,0 +1,64 @@
+"""A real broker and a real Redis for the whole session.
+
+``DRIFTLINE_KAFKA_BOOTSTRAP`` / ``DRIFTLINE_REDIS_URL`` point the tests at servers of your choice
+(any Kafka works); otherwise the embedded broker and a local redis-server are started. A server
+that cannot start raises, so the run fails instead of skipping. Each test gets its own topic
+names and consumer groups, so tests never see each other's messages.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+import redis
+
+from driftline import devstack, kafka
+from driftline.settings import Settings
+
+pytestmark = pytest.mark.integration
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory):
+    log_dir = tmp_path_factory.mktemp("servers")
+    started = []
+    bootstrap = os.environ.get("DRIFTLINE_KAFKA_BOOTSTRAP")
+    redis_url = os.environ.get("DRIFTLINE_REDIS_URL")
+    try:
+        if not bootstrap:
+            started.append(devstack.start_broker(log_dir))
+            bootstrap = started[-1].address
+        if not redis_url:
+            started.append(devstack.start_redis(log_dir))
+            redis_url = started[-1].address
+        yield {"kafka": bootstrap, "redis": redis_url, "log_dir": log_dir}
+    finally:
+        for proc in reversed(started):
+            proc.stop()
+
+
+@pytest.fixture
+def settings(servers, tmp_path) -> Settings:
+    """Dev-profile settings on the session's servers, with topics and groups of this test only."""
+    run = f"t{os.getpid()}x{next(_counter)}"
+    topics = {f"topic_{role}": f"{run}.{role}" for role in Settings().topics}
+    s = Settings(profile="dev", kafka_bootstrap=servers["kafka"], redis_url=servers["redis"],
+                 data_dir=tmp_path / "data", partitions=3, group_features=f"{run}-features",
+                 worker_port=devstack.free_port(), **topics)
+    kafka.create_topics(s)
+    return s
+
+
+@pytest.fixture
+def redis_client(settings):
+    client = redis.Redis.from_url(settings.redis_url_or_fail)
+    yield client
+    client.close()
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
