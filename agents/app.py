@@ -62,7 +62,7 @@ def create_app(settings: Settings, pipeline: BatchPipeline, app_id: str = "drift
             "assigned_partitions": sorted(reader.assigned),
             "batches": reader.batches,
             "messages": reader.messages,
-            "lag": reader.lag(),
+            "lag": reader.lag,
         }
         if reader.failure is not None:
             body["error"] = repr(reader.failure)
@@ -71,6 +71,7 @@ def create_app(settings: Settings, pipeline: BatchPipeline, app_id: str = "drift
     @app.page("/metrics")
     async def metrics(web, request):
         payload, content_type = exposition()
-        return web.bytes(payload, content_type=content_type)
+        # aiohttp refuses a charset inside content_type; the exposition is ASCII anyway.
+        return web.bytes(payload, content_type=content_type.split(";")[0])
 
     return app, reader

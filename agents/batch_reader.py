@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -47,6 +48,8 @@ class BatchReader(mode.Service):
         self.batches = 0
         self.messages = 0
         self.failure: BaseException | None = None
+        self.lag: dict[int, int] = {}
+        self._lag_measured_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._consumer: Consumer | None = None
@@ -65,20 +68,20 @@ class BatchReader(mode.Service):
     def healthy(self) -> bool:
         return self.failure is None and self._thread is not None and self._thread.is_alive()
 
-    def lag(self) -> dict[int, int]:
-        """Messages behind the high watermark, per assigned partition (best effort)."""
-        consumer = self._consumer
-        if consumer is None:
-            return {}
+    def _measure_lag(self, consumer: Consumer) -> None:
+        """Messages behind the high watermark per assigned partition; runs on the reader thread
+        at most once a second (the consumer is not shared with the web handlers)."""
+        now = time.monotonic()
+        if now - self._lag_measured_at < 1.0:
+            return
+        self._lag_measured_at = now
         lag = {}
-        for tp in consumer.position([TopicPartition(self.topic, p) for p in self.assigned]):
-            try:
-                _, high = consumer.get_watermark_offsets(tp, cached=True) or (0, 0)
-            except Exception:  # noqa: BLE001 - lag is informational
-                continue
-            if tp.offset >= 0:
-                lag[tp.partition] = max(high - tp.offset, 0)
-        return lag
+        positions = consumer.position([TopicPartition(self.topic, p) for p in self.assigned])
+        for tp in positions:
+            low, high = consumer.get_watermark_offsets(tp, cached=True) or (0, 0)
+            position = tp.offset if tp.offset >= 0 else low
+            lag[tp.partition] = max(high - position, 0)
+        self.lag = lag
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = [tp.partition for tp in partitions]
@@ -113,6 +116,7 @@ class BatchReader(mode.Service):
 
     def _step(self, consumer: Consumer) -> None:
         raw = consumer.consume(num_messages=self.batch_size, timeout=self.batch_timeout_s)
+        self._measure_lag(consumer)
         if not raw:
             return
         messages = []

@@ -27,6 +27,7 @@ def build_ingest(settings: Settings, downstream=None) -> IngestPipeline:
 
 
 def run_worker(settings: Settings) -> int:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     pipeline = build_ingest(settings)
     app, _reader = create_app(settings, pipeline)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True,

@@ -42,7 +42,6 @@ def consumer_config(settings: Settings, group_id: str, **extra: Any) -> dict[str
         "session.timeout.ms": settings.session_timeout_ms,
         "max.poll.interval.ms": max(settings.max_poll_interval_ms, settings.session_timeout_ms),
         "heartbeat.interval.ms": settings.heartbeat_interval_ms,
-        "partition.assignment.strategy": "cooperative-sticky",
     }
     config.update(extra)
     return config

@@ -62,3 +62,26 @@ def redis_client(settings):
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
+
+
+def start_worker_process(settings: Settings, log_dir: Path, name: str = "worker"):
+    """`driftline worker` as a child process, returned once it has partitions assigned."""
+    from driftline.stack import wait_healthy
+
+    env = devstack.child_env(settings.to_env())
+    proc = devstack.spawn(name, devstack.python_argv("worker"), log_dir,
+                          f"http://127.0.0.1:{settings.worker_port}", env=env)
+    try:
+        wait_healthy(f"{proc.address}/health", proc, 60,
+                     ready=lambda b: b.get("status") == "ok" and b["assigned_partitions"])
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
+
+
+@pytest.fixture
+def worker(settings, tmp_path):
+    proc = start_worker_process(settings, tmp_path / "logs")
+    yield proc
+    proc.stop()

@@ -1,0 +1,238 @@
+"""The feature stage of the worker: decoded events in, features to Redis, Kafka and Parquet out.
+
+For each partition of a consumed batch, in this order:
+1. the core :class:`FeatureEngine` of (view, partition) computes a row per event and the online
+   values of every entity the batch touched; late events go to the DLQ with reason ``late``;
+2. the raw events and the feature rows are written to Parquet (atomic files named by offsets);
+3. one ``driftline.FeatureRecord`` per applied event is produced to the features topic;
+4. one Redis MULTI writes the online values, appends the engine's state delta to the partition's
+   state log and records the next offset.
+Step 4 is the commit point. On assignment the engine is rebuilt from the state log, Parquet files
+past the recovered offset are discarded and consumption resumes there: a crash at any point
+neither loses nor double-counts an event in Redis or Parquet. The features topic is
+at-least-once: records of the one batch in flight at a crash are produced again, identical, and
+carry ``event_id`` for de-duplication.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import redis
+
+from driftline.agents.ingest import PartitionBatch
+from driftline.codec.schema_set import SchemaSet
+from driftline.codec.single_object import encode
+from driftline.dlq import DeadLetterSink
+from driftline.features import EventBatch, FeatureEngine, FeatureView
+from driftline.kafka import CheckedProducer
+from driftline.metrics import (
+    BATCH_SECONDS,
+    EVENT_TO_STORE_SECONDS,
+    FEATURE_ROWS,
+    LATE_EVENTS,
+    STATE_ROWS,
+)
+from driftline.offline_store import OfflineStore
+from driftline.online_store import RedisOnlineStore
+
+log = logging.getLogger(__name__)
+
+FEATURE_SCHEMA = "driftline.FeatureRecord"
+# The state log is compacted into one snapshot after this many deltas.
+COMPACT_EVERY = 200
+
+
+def _pack(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _unpack(blob: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(blob), allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}
+
+
+class StreamState:
+    """Per-partition engine state log and committed offsets, kept in Redis."""
+
+    def __init__(self, client: redis.Redis, group: str, topic: str) -> None:
+        self.client = client
+        self.offsets_key = f"dl:offsets:{group}:{topic}"
+        self.prefix = f"dl:state:{group}:{topic}"
+
+    def log_key(self, view: str, partition: int) -> str:
+        return f"{self.prefix}:{view}:{partition}"
+
+    def load(self, view: str, partition: int) -> tuple[int | None, list[dict[str, np.ndarray]]]:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hget(self.offsets_key, str(partition))
+        pipe.lrange(self.log_key(view, partition), 0, -1)
+        offset, blobs = pipe.execute()
+        return (None if offset is None else int(offset)), [_unpack(b) for b in blobs]
+
+
+class FeatureStage:
+    """The :class:`Downstream` of :class:`IngestPipeline` that computes and stores features."""
+
+    def __init__(self, views: Sequence[FeatureView], topic: str, group: str,
+                 client: redis.Redis, online: RedisOnlineStore, offline: OfflineStore,
+                 producer: CheckedProducer, features_topic: str, dead_letters: DeadLetterSink,
+                 schemas: SchemaSet) -> None:
+        self.views = list(views)
+        self.topic = topic
+        self.client = client
+        self.state = StreamState(client, group, topic)
+        self.online = online
+        self.offline = offline
+        self.producer = producer
+        self.features_topic = features_topic
+        self.dead_letters = dead_letters
+        self.schemas = schemas
+        self.engines: dict[tuple[str, int], FeatureEngine] = {}
+        self.deltas: dict[tuple[str, int], int] = {}
+
+    # -- rebalance -------------------------------------------------------------------------
+    def on_assign(self, partitions: Sequence[int]) -> dict[int, int]:
+        resume: dict[int, int] = {}
+        for p in partitions:
+            offsets = []
+            for view in self.views:
+                offset, snapshots = self.state.load(view.name, p)
+                engine = FeatureEngine.restore(view, snapshots) if snapshots \
+                    else FeatureEngine(view)
+                self.engines[(view.name, p)] = engine
+                self.deltas[(view.name, p)] = len(snapshots)
+                offsets.append(offset)
+            if offsets[0] is not None:
+                resume[p] = offsets[0]
+                self._discard_uncommitted(p, offsets[0])
+            else:
+                self._discard_uncommitted(p, 0)
+        return resume
+
+    def _discard_uncommitted(self, partition: int, offset: int) -> None:
+        removed = self.offline.discard_from(self.offline.events_dir(self.topic), partition, offset)
+        for view in self.views:
+            removed += self.offline.discard_from(
+                self.offline.features_dir(view.name), partition, offset)
+        if removed:
+            log.warning("partition %d: removed %d uncommitted Parquet files from offset %d",
+                        partition, removed, offset)
+
+    def on_revoke(self, partitions: Sequence[int]) -> None:
+        for key in [k for k in self.engines if k[1] in partitions]:
+            del self.engines[key]
+            self.deltas.pop(key, None)
+
+    # -- processing --------------------------------------------------------------------------
+    def process(self, batches: Sequence[PartitionBatch]) -> None:
+        for batch in batches:
+            if batch.records:
+                self._process_partition(batch)
+
+    def _process_partition(self, batch: PartitionBatch) -> None:
+        p = batch.partition
+        offsets = np.asarray(batch.offsets, dtype=np.int64)
+        start = time.perf_counter()
+        self.offline.write(self.offline.events_dir(self.topic), p, _event_columns(batch))
+        pipe = self.client.pipeline(transaction=True)
+        for view in self.views:
+            self._process_view(view, batch, offsets, pipe)
+        pipe.hset(self.state.offsets_key, str(p), int(offsets[-1]) + 1)
+        self.producer.flush_or_raise()
+        pipe.execute()
+        now_ms = time.time() * 1000
+        for t in batch.append_times_ms:
+            EVENT_TO_STORE_SECONDS.observe(max(now_ms - t, 0) / 1000)
+        BATCH_SECONDS.labels("features").observe(time.perf_counter() - start)
+
+    def _process_view(self, view: FeatureView, batch: PartitionBatch, offsets: np.ndarray,
+                      pipe: redis.client.Pipeline) -> None:
+        key = (view.name, batch.partition)
+        engine = self.engines.get(key)
+        if engine is None:  # no assignment callback yet (e.g. manual assignment in tests)
+            engine = self.engines[key] = FeatureEngine(view)
+            self.deltas[key] = 0
+        events = EventBatch.from_records(batch.records, offsets, view)
+        result = engine.process(events)
+        for i in np.flatnonzero(~result.applied):
+            self.dead_letters.send(batch.messages[i], "late",
+                                   f"event_time {batch.records[i][view.source.event_time_field]} "
+                                   f"is before the watermark {result.watermark_ms} "
+                                   f"(allowed lateness {view.source.allowed_lateness_ms} ms)")
+        LATE_EVENTS.labels(view.name).inc(int((~result.applied).sum()))
+        applied = np.flatnonzero(result.applied)
+        FEATURE_ROWS.labels(view.name).inc(len(applied))
+        STATE_ROWS.labels(view.name).set(engine.state_rows)
+        self.offline.write(self.offline.features_dir(view.name), batch.partition,
+                           _feature_columns(view, batch, offsets, result.values, applied))
+        self._produce(view, batch, result.values, applied)
+        self.online.write(pipe, view.name, view.version, view.feature_names,
+                          result.online_entity.tolist(), result.online_values,
+                          result.online_event_time_ms.tolist())
+        self._append_state(pipe, key, engine, result.state_delta)
+
+    def _append_state(self, pipe, key, engine: FeatureEngine, delta) -> None:
+        log_key = self.state.log_key(*key)
+        if self.deltas[key] >= COMPACT_EVERY:
+            pipe.delete(log_key)
+            pipe.rpush(log_key, _pack(engine.snapshot()))
+            self.deltas[key] = 1
+        else:
+            pipe.rpush(log_key, _pack(delta))
+            self.deltas[key] += 1
+
+    def _produce(self, view: FeatureView, batch: PartitionBatch, values: np.ndarray,
+                 applied: np.ndarray) -> None:
+        names = view.feature_names
+        time_field = view.source.event_time_field
+        key_field = view.entity.key
+        for i in applied.tolist():
+            record = batch.records[i]
+            row = values[i]
+            message = {
+                "event_id": record["event_id"],
+                "entity_id": record[key_field],
+                "event_time": record[time_field],
+                "view": view.name,
+                "view_version": view.version,
+                "values": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, row)},
+                "slices": {s: str(record[s]) for s in view.slices},
+            }
+            self.producer.produce(self.features_topic, encode(FEATURE_SCHEMA, message,
+                                                              self.schemas),
+                                  key=str(record[key_field]).encode())
+            self.producer.poll(0)
+
+
+def _event_columns(batch: PartitionBatch) -> dict[str, list]:
+    columns: dict[str, list] = {name: [r[name] for r in batch.records]
+                                for name in batch.records[0]}
+    columns["partition"] = [batch.partition] * len(batch.records)
+    columns["offset"] = list(batch.offsets)
+    return columns
+
+
+def _feature_columns(view: FeatureView, batch: PartitionBatch, offsets: np.ndarray,
+                     values: np.ndarray, applied: np.ndarray) -> dict[str, object]:
+    records = [batch.records[i] for i in applied.tolist()]
+    columns: dict[str, object] = {
+        "event_id": [r["event_id"] for r in records],
+        "entity_id": [str(r[view.entity.key]) for r in records],
+        "event_time": np.asarray([r[view.source.event_time_field] for r in records],
+                                 dtype=np.int64),
+        "view_version": [view.version] * len(records),
+        "partition": np.full(len(records), batch.partition, dtype=np.int32),
+        "offset": offsets[applied],
+    }
+    for s in view.slices:
+        columns[s] = [str(r[s]) for r in records]
+    for j, name in enumerate(view.feature_names):
+        columns[name] = values[applied, j]
+    return columns

@@ -1,0 +1,31 @@
+"""Why a record could not be decoded: the `DecodeError` exception and its reason codes.
+
+The reason codes are the machine-readable `reason` of a `driftline.DeadLetter`; the detail is
+the human-readable message that lands next to it, so it must say what was wrong and where.
+"""
+
+from __future__ import annotations
+
+DECODE_ERROR = "decode_error"
+"""The bytes are not in any accepted encoding, or the Avro/JSON body is corrupt."""
+VALIDATION_ERROR = "validation_error"
+"""The record parsed but a field is missing, mistyped, non-finite or out of its allowed set."""
+UNKNOWN_SCHEMA = "unknown_schema"
+"""The writer schema (fingerprint or registry id) is not known."""
+SCHEMA_MISMATCH = "schema_mismatch"
+"""The writer schema is known but cannot be resolved to the schema this topic expects."""
+
+REASONS = (DECODE_ERROR, VALIDATION_ERROR, UNKNOWN_SCHEMA, SCHEMA_MISMATCH)
+
+
+class DecodeError(ValueError):
+    """A bad input record; `reason` is a DLQ reason code, `detail` a readable explanation."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class RegistryUnavailable(RuntimeError):
+    """The schema registry could not be reached; the record is not at fault, so retry, not DLQ."""

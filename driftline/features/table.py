@@ -1,0 +1,122 @@
+"""The retained applied events of one partition, as a sorted columnar table.
+
+Rows are sorted by (entity code, event_time, seq), so all rows of an entity inside a time
+interval form one contiguous run that two ``np.searchsorted`` calls on a composite int64 key
+``entity << bits | (time - t0)`` find for every query at once. New rows are merged in with
+``np.insert`` (linear, no re-sort of the retained rows); since a new row's seq exceeds every
+retained seq, inserting after equal (entity, time) keys keeps the seq order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+_KEY_BITS = 62  # leave the sign bit and one spare so clipped query keys never overflow
+
+
+class RowTable:
+    """Columns ``entity``/``time``/``seq`` (int64) plus one value column per used field."""
+
+    def __init__(self, value_dtypes: Mapping[str, np.dtype]) -> None:
+        self.entity = np.zeros(0, dtype=np.int64)
+        self.time = np.zeros(0, dtype=np.int64)
+        self.seq = np.zeros(0, dtype=np.int64)
+        self.values = {name: np.zeros(0, dtype=dt) for name, dt in value_dtypes.items()}
+        self._key: tuple[np.ndarray, _KeyCoder] | None = None
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+    def insert(
+        self,
+        entity: np.ndarray,
+        time: np.ndarray,
+        seq: np.ndarray,
+        values: Mapping[str, np.ndarray],
+    ) -> None:
+        """Merge rows whose seqs all exceed the retained ones."""
+        if len(seq) == 0:
+            return
+        order = np.lexsort((seq, time, entity))
+        entity, time, seq = entity[order], time[order], seq[order]
+        values = {name: col[order] for name, col in values.items()}
+        if len(self) == 0:
+            self.entity, self.time, self.seq, self.values = entity, time, seq, values
+        else:
+            coder = _KeyCoder(
+                np.concatenate([self.time, time]),
+                int(self.entity.max(initial=0)),
+                int(entity.max()),
+            )
+            at = np.searchsorted(
+                coder.key(self.entity, self.time), coder.key(entity, time), side="right"
+            )
+            self.entity = np.insert(self.entity, at, entity)
+            self.time = np.insert(self.time, at, time)
+            self.seq = np.insert(self.seq, at, seq)
+            self.values = {n: np.insert(c, at, values[n]) for n, c in self.values.items()}
+        self._key = None
+
+    def keep(self, mask: np.ndarray) -> None:
+        """Drop the rows where ``mask`` is False (expiry)."""
+        self.entity, self.time, self.seq = self.entity[mask], self.time[mask], self.seq[mask]
+        self.values = {n: c[mask] for n, c in self.values.items()}
+        self._key = None
+
+    def remap(self, column: str, remap: np.ndarray) -> None:
+        """Apply an order-preserving code remap (vocabulary compaction) to a code column."""
+        if column == "entity":
+            self.entity = remap[self.entity]
+            self._key = None
+        else:
+            self.values[column] = remap[self.values[column]]
+
+    def ranges(
+        self, entity: np.ndarray, start: np.ndarray, end: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Row range ``[lo, hi)`` of ``entity`` with ``start <= time < end``, per query."""
+        if len(self) == 0:
+            zero = np.zeros(len(entity), dtype=np.int64)
+            return zero, zero
+        if self._key is None:
+            coder = _KeyCoder(self.time, int(self.entity.max()), 0)
+            self._key = (coder.key(self.entity, self.time), coder)
+        keys, coder = self._key
+        lo = np.searchsorted(keys, coder.key(entity, start), side="left")
+        hi = np.searchsorted(keys, coder.key(entity, end), side="left")
+        return lo, np.maximum(hi, lo)
+
+    def last_row(self, entity: np.ndarray) -> np.ndarray:
+        """Index of each entity's greatest (time, seq) row; the entities must have rows."""
+        return np.searchsorted(self.entity, entity, side="right") - 1
+
+
+class _KeyCoder:
+    """Packs (entity, time) into one order-preserving int64 for a given set of row times.
+
+    Times are offset by their minimum; query times outside the rows' span are clipped to just
+    outside it, which keeps every comparison with a row time exact. If the span does not fit
+    next to the entity codes, times are replaced by their rank among the row times instead.
+    """
+
+    def __init__(self, row_times: np.ndarray, max_entity_a: int, max_entity_b: int) -> None:
+        self.t0 = int(row_times.min())
+        span = int(row_times.max()) - self.t0 + 2  # room for "before" (0 after clip) and "after"
+        entity_bits = max(max_entity_a, max_entity_b, 1).bit_length()
+        self.ranks: np.ndarray | None = None
+        if span.bit_length() + entity_bits > _KEY_BITS:
+            self.ranks = np.unique(row_times)
+            span = len(self.ranks) + 1
+        self.bits = span.bit_length()
+        self.span = span
+        if self.bits + entity_bits > _KEY_BITS:
+            raise OverflowError("too many entities and distinct times for a 62-bit key")
+
+    def key(self, entity: np.ndarray, time: np.ndarray) -> np.ndarray:
+        if self.ranks is not None:
+            offset = np.searchsorted(self.ranks, time, side="left")
+        else:
+            offset = np.clip(time - self.t0, 0, self.span - 1)
+        return (entity.astype(np.int64) << self.bits) | offset

@@ -1,0 +1,161 @@
+"""The foundation against real servers: topics, decoding of every accepted encoding, the DLQ."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import fastavro
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from driftline.codec.single_object import encode
+from driftline.kafka import create_topics
+from tests.integration.helpers import (
+    avro_schema,
+    consume_all,
+    get_json,
+    metric_value,
+    produce,
+    wait_for,
+)
+
+EVENT = {"event_id": "e-1", "entity_id": "card-1", "event_time": 1_700_000_000_000,
+         "amount": 12.5, "merchant_id": "m-1", "channel": "pos", "country": "DE",
+         "segment": "consumer"}
+
+
+def crc64_avro(data: bytes) -> int:
+    """CRC-64-AVRO as the Avro specification writes it (independent of Driftline's codec)."""
+    empty = 0xC15D213AA4D7A795
+    table = []
+    for i in range(256):
+        fp = i
+        for _ in range(8):
+            fp = (fp >> 1) ^ (empty & -(fp & 1))
+        table.append(fp)
+    fp = empty
+    for byte in data:
+        fp = (fp >> 8) ^ table[(fp ^ byte) & 0xFF]
+    return fp
+
+
+def independent_single_object(record: dict) -> bytes:
+    schema = avro_schema("TransactionEvent")
+    canonical = fastavro.schema.to_parsing_canonical_form(schema)
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, schema, record)
+    return b"\xc3\x01" + crc64_avro(canonical.encode()).to_bytes(8, "little") + body.getvalue()
+
+
+def test_topics_are_created_idempotently_and_visible_to_any_client(settings):
+    assert set(create_topics(settings).values()) == {"exists"}
+    metadata = AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(timeout=10)
+    for topic in settings.topics.values():
+        assert len(metadata.topics[topic].partitions) == settings.partitions
+
+
+def test_independently_encoded_avro_matches_driftline_encoding():
+    assert independent_single_object(EVENT) == encode("driftline.TransactionEvent", EVENT)
+
+
+def test_worker_decodes_json_and_avro_and_dead_letters_garbage(settings, worker):
+    garbage = b"GARBAGE\x00\xff not an event"
+    bad_json = json.dumps({**EVENT, "amount": "twelve"}).encode()
+    produce(settings.kafka_bootstrap, settings.topic_events, [
+        (b"card-1", json.dumps(EVENT).encode()),
+        (b"card-2", independent_single_object({**EVENT, "event_id": "e-2",
+                                               "entity_id": "card-2"})),
+        (b"card-3", garbage),
+        (b"card-4", bad_json),
+        (b"card-1", json.dumps({**EVENT, "event_id": "e-3",
+                                "event_time": EVENT["event_time"] + 1000}).encode()),
+    ])
+    dead = consume_all(settings.kafka_bootstrap, settings.topic_dlq, expected=2)
+    assert len(dead) == 2
+    letters = sorted((fastavro.schemaless_reader(io.BytesIO(m.value()[10:]),
+                                                 avro_schema("DeadLetter")) for m in dead),
+                     key=lambda d: d["source_offset"])
+    by_original = {d["original"]: d for d in letters}
+    assert by_original[garbage]["reason"] == "decode_error"
+    assert "unrecognised encoding" in by_original[garbage]["detail"]
+    assert by_original[garbage]["source_topic"] == settings.topic_events
+    assert by_original[bad_json]["reason"] == "validation_error"
+    assert "amount" in by_original[bad_json]["detail"]
+    # The worker kept going: the three good events (one after the garbage) were all decoded.
+    metrics_url = f"{worker.address}/metrics"
+
+    def decoded() -> float:
+        with urllib.request.urlopen(metrics_url, timeout=5) as resp:
+            text = resp.read().decode()
+        return metric_value(text, "driftline_records_decoded_total",
+                            topic=settings.topic_events)
+
+    wait_for(lambda: decoded() == 3, what="3 decoded records")
+    with urllib.request.urlopen(metrics_url, timeout=5) as resp:
+        text = resp.read().decode()
+    assert metric_value(text, "driftline_dead_letters_total", reason="decode_error") >= 1
+    assert metric_value(text, "driftline_dead_letters_total", reason="validation_error") >= 1
+    health = get_json(f"{worker.address}/health")
+    assert health["status"] == "ok" and health["messages"] == 5
+
+
+def _pids_with(argument: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if argument.encode() in f.read():
+                        pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_dev_command_is_ready_fast_and_leaves_nothing_behind(tmp_path, stop_signal):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLINE_")}
+    env.update({"DRIFTLINE_DATA_DIR": str(tmp_path / "data"), "DRIFTLINE_PARTITIONS": "2",
+                "DRIFTLINE_WORKER_PORT": "0"})
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "driftline.cli", "dev"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+            if line.strip() == "ready":
+                break
+        elapsed = time.monotonic() - started
+        assert lines and lines[-1] == "ready", "\n".join(lines)
+        assert elapsed < 20, f"ready after {elapsed:.1f}s"
+        endpoints = dict(line.split(None, 1) for line in lines if line.split(None, 1)[0]
+                         in ("kafka", "redis", "worker"))
+        bootstrap = endpoints["kafka"]
+        port = bootstrap.rsplit(":", 1)[1]
+        topics = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics
+        assert {"driftline.events", "driftline.features", "driftline.predictions",
+                "driftline.labels", "driftline.drift", "driftline.models",
+                "driftline.dlq"} <= set(topics)
+        assert get_json(endpoints["worker"].split()[0] + "/health")["status"] == "ok"
+        assert _pids_with(f"tcp://127.0.0.1:{port}"), "broker process not found"
+    finally:
+        proc.send_signal(stop_signal)
+        proc.wait(30)
+    assert proc.returncode == 0
+    wait_for(lambda: not _pids_with(f"tcp://127.0.0.1:{port}"), timeout=10,
+             what="broker gone")
+    redis_port = endpoints["redis"].rsplit(":", 1)[1].split("/")[0]
+    wait_for(lambda: not _pids_with(redis_port) or all(
+        b"redis-server" not in open(f"/proc/{p}/cmdline", "rb").read()
+        for p in _pids_with(redis_port)), timeout=10, what="redis gone")
+    worker_port = endpoints["worker"].split()[0].rsplit(":", 1)[1]
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{worker_port}/health", timeout=2)

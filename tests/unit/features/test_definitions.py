@@ -1,0 +1,179 @@
+"""Loading and validating feature definitions: the demo file, view versions, error messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from driftline.feature_defs import DEFINITIONS_DIR
+from driftline.features import DefinitionError, RollingWindow, load_definitions
+
+BASE = """
+entities:
+  card: {key: entity_id}
+sources:
+  tx:
+    topic: driftline.events
+    schema: driftline.TransactionEvent
+    event_time: event_time
+    fields: {entity_id: string, amount: numeric, merchant_id: string, segment: string}
+    slices: [segment]
+features:
+  amount_sum_1h: {aggregation: sum, field: amount, window: {kind: rolling, size: 1h}}
+  merchants_1h: {aggregation: distinct_count, field: merchant_id, window: {kind: rolling, size: 1h}}
+views:
+  v1: {entity: card, source: tx, features: [amount_sum_1h, merchants_1h]}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "defs.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_demo_definitions_load():
+    registry = load_definitions(DEFINITIONS_DIR)
+    view = registry.view("transactions_v1")
+    assert view.source.topic == "driftline.events"
+    assert view.source.allowed_lateness_ms == 60_000
+    assert view.slices == ("segment", "channel", "country")
+    kinds = {f.window.kind for f in view.features}
+    assert kinds == {"rolling", "tumbling", "hopping"}
+    assert len(view.version) == 12
+    assert view.version == load_definitions(DEFINITIONS_DIR).view("transactions_v1").version
+
+
+def test_defaults_and_durations(tmp_path):
+    view = load_definitions(write(tmp_path, BASE)).view("v1")
+    assert view.source.allowed_lateness_ms == 60_000
+    assert view.features[0].window == RollingWindow(3_600_000)
+    assert view.feature_names == ("amount_sum_1h", "merchants_1h")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "changes"),
+    [
+        ("size: 1h}}\n  merchants", "size: 3600}}\n  merchants", False),  # same window, int secs
+        ("size: 1h}}\n  merchants", "size: 2h}}\n  merchants", True),
+        ("kind: rolling, size: 1h}}\n  merchants", "kind: tumbling, size: 1h}}\n  merchants", True),
+        ("aggregation: sum", "aggregation: mean", True),
+        ("event_time: event_time", "event_time: event_time\n    allowed_lateness: 2m", True),
+        ("key: entity_id", "key: segment", True),
+        ("[amount_sum_1h, merchants_1h]", "[merchants_1h, amount_sum_1h]", True),
+        ("topic: driftline.events", "topic: other.topic", False),
+        ("slices: [segment]", "slices: []", False),
+        ("  v1: {", "  renamed: {", False),
+    ],
+)
+def test_version_changes_exactly_when_definitions_do(tmp_path, old, new, changes):
+    assert old in BASE
+    before = load_definitions(write(tmp_path, BASE, "a.yaml")).views["v1"].version
+    after_registry = load_definitions(write(tmp_path, BASE.replace(old, new), "b.yaml"))
+    after = next(iter(after_registry.views.values())).version
+    assert (before != after) is changes
+
+
+BROKEN = [
+    (
+        "kind: rolling, size: 1h}}\n  merchants",
+        "kind: slidng, size: 1h}}\n  merchants",
+        "features.amount_sum_1h.window: unknown window kind 'slidng' "
+        "(expected one of rolling, tumbling, hopping)",
+    ),
+    (
+        "aggregation: sum",
+        "aggregation: summ",
+        "features.amount_sum_1h.aggregation: unknown aggregation",
+    ),
+    ("field: amount", "field: amont", "features.amount_sum_1h.field: unknown field 'amont'"),
+    (
+        "aggregation: distinct_count, field: merchant_id",
+        "aggregation: mean, field: merchant_id",
+        "features.merchants_1h.aggregation: aggregation 'mean' needs a numeric field",
+    ),
+    (
+        "aggregation: distinct_count, field: merchant_id",
+        "aggregation: last, field: merchant_id",
+        "features.merchants_1h.aggregation:",
+    ),
+    (
+        "size: 1h}}\n  merchants",
+        "size: 1 hour}}\n  merchants",
+        "features.amount_sum_1h.window.size: bad duration '1 hour'",
+    ),
+    (
+        "size: 1h}}\n  merchants",
+        "size: 0}}\n  merchants",
+        "features.amount_sum_1h.window.size: duration must be positive",
+    ),
+    (
+        "kind: rolling, size: 1h}}\n  merchants",
+        "kind: hopping, size: 1h, hop: 7m}}\n  merchants",
+        "features.amount_sum_1h.window.hop: hop (7m) must divide size (1h)",
+    ),
+    (
+        "kind: rolling, size: 1h}}\n  merchants",
+        "kind: rolling, size: 1h, hop: 5m}}\n  merchants",
+        "features.amount_sum_1h.window.hop: unknown key",
+    ),
+    (
+        "aggregation: sum,",
+        "aggregation: sum, windw: 1h,",
+        "features.amount_sum_1h.windw: unknown key",
+    ),
+    ("topic: driftline.events", "topik: driftline.events", "sources.tx.topik: unknown key"),
+    ("entities:", "entitys:", "entitys: unknown key"),
+    ("  v1: {entity: card,", "  v1: {entity: cart,", "views.v1.entity: unknown entity 'cart'"),
+    ("source: tx, features", "source: tix, features", "views.v1.source: unknown source 'tix'"),
+    (
+        "[amount_sum_1h, merchants_1h]",
+        "[amount_sum_1h, merchants_2h]",
+        "views.v1.features.1: unknown feature 'merchants_2h'",
+    ),
+    (
+        "[amount_sum_1h, merchants_1h]",
+        "[amount_sum_1h, amount_sum_1h]",
+        "views.v1.features.1: 'amount_sum_1h' listed twice",
+    ),
+    ("  merchants_1h:", "  amount_sum_1h:", "duplicate key 'amount_sum_1h'"),
+    ("amount: numeric,", "amount: float,", "sources.tx.fields.amount: unknown field type 'float'"),
+    ("slices: [segment]", "slices: [segmnt]", "sources.tx.slices.0: unknown field 'segmnt'"),
+    (
+        "event_time: event_time\n",
+        "event_time: event_time\n    allowed_lateness: soon\n",
+        "sources.tx.allowed_lateness: bad duration 'soon'",
+    ),
+    (
+        "{aggregation: sum, field: amount,",
+        "{aggregation: sum,",
+        "features.amount_sum_1h.field: aggregation 'sum' needs a field",
+    ),
+    ("key: entity_id", "key: amount", "views.v1.entity: entity key 'amount' must be a string"),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "message"), BROKEN, ids=[b[2][:40] for b in BROKEN])
+def test_errors_name_file_and_key_path(tmp_path, old, new, message):
+    assert old in BASE
+    path = write(tmp_path, BASE.replace(old, new, 1))
+    with pytest.raises(DefinitionError) as info:
+        load_definitions(path)
+    assert str(info.value).startswith(f"{path}: ")
+    assert message in str(info.value)
+
+
+def test_duplicate_names_across_files_in_a_directory(tmp_path):
+    write(tmp_path, BASE, "a.yaml")
+    second = write(
+        tmp_path,
+        "features:\n  amount_sum_1h: {aggregation: count, window: {kind: rolling, size: 5m}}\n",
+        "b.yaml",
+    )
+    with pytest.raises(DefinitionError, match=f"^{second}: features.amount_sum_1h: duplicate"):
+        load_definitions(tmp_path)
+
+
+def test_definition_error_is_a_value_error():
+    assert issubclass(DefinitionError, ValueError)

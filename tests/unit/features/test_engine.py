@@ -1,0 +1,263 @@
+"""FeatureEngine against the naive oracle: values, lateness, batching, restore and expiry."""
+
+from __future__ import annotations
+
+import io
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from driftline.feature_defs import DEFINITIONS_DIR
+from driftline.features import (
+    AGGREGATIONS,
+    EventBatch,
+    FeatureEngine,
+    FeatureView,
+    load_definitions,
+)
+from tests.unit.features.feature_oracle import run_oracle
+
+LATENESS_MS = 30_000
+WINDOWS = {
+    "r30s": "{kind: rolling, size: 30s}",
+    "r10m": "{kind: rolling, size: 10m}",
+    "t1m": "{kind: tumbling, size: 1m}",
+    "h5m": "{kind: hopping, size: 5m, hop: 1m}",
+}
+FIELD_OF = {"distinct_count": "merchant_id", "count": None, "seconds_since_previous": None}
+
+
+def _every_aggregation_yaml() -> str:
+    features = []
+    for (wname, window), agg in itertools.product(WINDOWS.items(), AGGREGATIONS):
+        field = FIELD_OF.get(agg, "amount")
+        field_line = f", field: {field}" if field else ""
+        features.append(f"  {agg}_{wname}: {{aggregation: {agg}{field_line}, window: {window}}}")
+    names = [line.split(":")[0].strip() for line in features]
+    return f"""
+entities:
+  card: {{key: entity_id}}
+sources:
+  tx:
+    topic: driftline.events
+    schema: driftline.TransactionEvent
+    event_time: event_time
+    allowed_lateness: {LATENESS_MS // 1000}s
+    fields: {{entity_id: string, amount: numeric, merchant_id: string, segment: string}}
+features:
+{chr(10).join(features)}
+views:
+  every: {{entity: card, source: tx, features: [{", ".join(names)}]}}
+"""
+
+
+@pytest.fixture(scope="module")
+def every_view(tmp_path_factory: pytest.TempPathFactory) -> FeatureView:
+    path = tmp_path_factory.mktemp("defs") / "every.yaml"
+    path.write_text(_every_aggregation_yaml())
+    return load_definitions(path).view("every")
+
+
+@pytest.fixture(scope="module")
+def demo_view() -> FeatureView:
+    return load_definitions(DEFINITIONS_DIR).view("transactions_v1")
+
+
+def make_stream(seed: int, n_sessions: int, n_entities: int, span_ms: int) -> pd.DataFrame:
+    """Bursty sessions per entity, arrival shuffled within the lateness, plus late stragglers."""
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / (np.arange(n_entities) + 5.0) ** 0.8
+    session_entity = rng.choice(n_entities, n_sessions, p=weights / weights.sum())
+    sizes = rng.geometric(0.2, n_sessions)
+    entity = np.repeat(session_entity, sizes)
+    gaps = rng.exponential(20_000, len(entity))
+    starts = np.repeat(rng.integers(0, span_ms, n_sessions), sizes)
+    offsets = np.cumsum(gaps) - np.repeat(np.cumsum(gaps)[np.cumsum(sizes) - sizes], sizes)
+    # 500 ms resolution so equal event times (ties broken by seq) occur.
+    time = (1_700_000_000_000 + (starts + offsets) // 500 * 500).astype(np.int64)
+    arrival = np.argsort(time + rng.uniform(0, 0.9 * LATENESS_MS, len(time)), kind="stable")
+    entity, time = entity[arrival], time[arrival].copy()
+    # Stragglers beyond the lateness, and events exactly at / one ms below the watermark.
+    for i in rng.choice(np.arange(1, len(time)), 60, replace=False):
+        prior = time[:i].max()
+        time[i] = prior - LATENESS_MS - rng.choice([0, 1, int(rng.integers(2, 600_000))])
+    n = len(time)
+    amount = np.round(rng.lognormal(3, 1, n), 2) * np.where(rng.random(n) < 0.05, -1, 1)
+    return pd.DataFrame(
+        {
+            "entity_id": [f"card-{e:05d}" for e in entity],
+            "entity": [f"card-{e:05d}" for e in entity],
+            "event_time": time,
+            "seq": np.arange(1_000, 1_000 + n, dtype=np.int64) * 3,  # gaps, like offsets
+            "amount": amount,
+            "merchant_id": [f"m{m}" for m in rng.zipf(1.5, n) % 300],
+            "segment": rng.choice(["retail", "business"], n),
+        }
+    )
+
+
+def to_batch(events: pd.DataFrame) -> EventBatch:
+    return EventBatch(
+        entity=events["entity_id"].to_numpy(dtype=str),
+        event_time_ms=events["event_time"].to_numpy(np.int64),
+        seq=events["seq"].to_numpy(np.int64),
+        fields={
+            "amount": events["amount"].to_numpy(np.float64),
+            "merchant_id": events["merchant_id"].to_numpy(dtype=str),
+        },
+    )
+
+
+def run(engine: FeatureEngine, batch: EventBatch, ends: list[int]):
+    """Feed ``batch`` cut at ``ends``; returns applied, values, per-batch online, final online."""
+    applied, values, per_batch, final = [], [], [], {}
+    start = 0
+    for end in ends:
+        out = engine.process(batch.take(slice(start, end)))
+        applied.append(out.applied)
+        values.append(out.values)
+        online = {}
+        for e, t, v in zip(
+            out.online_entity, out.online_event_time_ms, out.online_values, strict=True
+        ):
+            online[str(e)] = (int(t), v)
+        per_batch.append(online)
+        final.update(online)
+        start = end
+    return np.concatenate(applied), np.concatenate(values), per_batch, final
+
+
+def random_cuts(n: int, seed: int, count: int) -> list[int]:
+    rng = np.random.default_rng(seed)
+    return sorted({*rng.choice(np.arange(1, n), count - 1, replace=False).tolist(), n})
+
+
+def assert_online_equal(actual: dict, expected: dict) -> None:
+    assert actual.keys() == expected.keys()
+    for entity, (t, values) in expected.items():
+        assert actual[entity][0] == t, entity
+        np.testing.assert_allclose(actual[entity][1], values, rtol=1e-9, atol=1e-9, err_msg=entity)
+
+
+@pytest.fixture(scope="module")
+def stream() -> pd.DataFrame:
+    events = make_stream(seed=7, n_sessions=4_000, n_entities=2_000, span_ms=3 * 3_600_000)
+    assert 15_000 < len(events) < 25_000 and events["entity"].nunique() > 1_000
+    return events
+
+
+@pytest.mark.parametrize("view_name", ["every", "demo"])
+def test_matches_oracle_for_any_batching(view_name, every_view, demo_view, stream):
+    view = every_view if view_name == "every" else demo_view
+    batch = to_batch(stream)
+    cuts = random_cuts(len(stream), seed=3, count=25)
+    oracle = run_oracle(view, stream, cuts)
+    assert 20 <= oracle.late.sum() <= 60  # the stream really has late events
+
+    for ends in ([len(stream)], cuts):
+        applied, values, per_batch, final = run(FeatureEngine(view), batch, ends)
+        np.testing.assert_array_equal(~applied, oracle.late)
+        np.testing.assert_allclose(values, oracle.values, rtol=1e-9, atol=1e-9)
+        assert_online_equal(final, oracle.final_online)
+    for actual, expected in zip(per_batch, oracle.batch_online, strict=True):
+        assert_online_equal(actual, expected)
+
+
+def test_every_aggregation_and_window_is_exercised(every_view, stream):
+    oracle = run_oracle(every_view, stream.iloc[:3_000], [3_000])
+    for i, name in enumerate(every_view.feature_names):
+        column = oracle.values[~oracle.late, i]
+        finite = column[np.isfinite(column)]
+        assert len(np.unique(finite)) > 3, name  # not constant: the feature is really tested
+
+
+def test_results_do_not_depend_on_batching_bitwise(demo_view, stream):
+    batch = to_batch(stream)
+    one = run(FeatureEngine(demo_view), batch, [len(stream)])
+    many = run(FeatureEngine(demo_view), batch, random_cuts(len(stream), seed=11, count=200))
+    np.testing.assert_array_equal(one[1], many[1])
+    assert one[3].keys() == many[3].keys()
+
+
+def _savez_roundtrip(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    buffer.seek(0)
+    with np.load(buffer, allow_pickle=False) as loaded:
+        return {k: loaded[k] for k in loaded.files}
+
+
+def test_restore_from_snapshot_and_deltas_continues_like_live(every_view, stream):
+    batch = to_batch(stream)
+    cuts = random_cuts(len(stream), seed=5, count=30)
+    live = FeatureEngine(every_view)
+    starts = [0, *cuts[:-1]]
+    for s, e in zip(starts[:10], cuts[:10], strict=True):
+        live.process(batch.take(slice(s, e)))
+    snapshot = _savez_roundtrip(live.snapshot())
+    deltas = []
+    for s, e in zip(starts[10:20], cuts[10:20], strict=True):
+        deltas.append(_savez_roundtrip(live.process(batch.take(slice(s, e))).state_delta))
+    from_log = FeatureEngine.restore(every_view, [snapshot, *deltas])
+    from_snapshot = FeatureEngine.restore(every_view, [_savez_roundtrip(live.snapshot())])
+    for engine in (from_log, from_snapshot):
+        assert engine.state_rows == live.state_rows
+        assert engine.watermark_ms == live.watermark_ms
+        for key, value in live.snapshot().items():
+            np.testing.assert_array_equal(engine.snapshot()[key], value, err_msg=key)
+    for s, e in zip(starts[20:], cuts[20:], strict=True):
+        part = batch.take(slice(s, e))
+        expected = live.process(part)
+        for engine in (from_log, from_snapshot):
+            got = engine.process(part)
+            np.testing.assert_array_equal(got.applied, expected.applied)
+            np.testing.assert_array_equal(got.values, expected.values)
+            np.testing.assert_array_equal(got.online_entity, expected.online_entity)
+            np.testing.assert_array_equal(got.online_values, expected.online_values)
+
+
+def test_restore_rejects_other_view_version(every_view, demo_view):
+    with pytest.raises(ValueError, match="view version"):
+        FeatureEngine.restore(demo_view, [FeatureEngine(every_view).snapshot()])
+
+
+def test_expiry_bounds_state_on_a_long_stream(every_view):
+    # 40 hours of traffic; the largest window plus lateness is ~10.5 minutes.
+    events = make_stream(seed=1, n_sessions=10_000, n_entities=300, span_ms=40 * 3_600_000)
+    engine = FeatureEngine(every_view)
+    batch = to_batch(events)
+    sizes = []
+    for start in range(0, len(events), 1_000):
+        engine.process(batch.take(slice(start, start + 1_000)))
+        sizes.append(engine.state_rows)
+    assert max(sizes) < len(events) / 50
+    # Every retained row is still reachable by a query at the watermark.
+    assert engine.snapshot()["event_time_ms"].min() >= engine.watermark_ms - 10 * 60_000 + 1
+
+
+def test_late_event_updates_online_but_not_emitted_rows(demo_view):
+    engine = FeatureEngine(demo_view)
+    records = [
+        {"entity_id": "a", "event_time": 100_000, "amount": 1.0, "merchant_id": "m"},
+        {"entity_id": "a", "event_time": 50_000, "amount": 2.0, "merchant_id": "n"},  # within 60s
+        {"entity_id": "a", "event_time": 30_000, "amount": 4.0, "merchant_id": "n"},  # late
+    ]
+    out = engine.process(EventBatch.from_records(records, [1, 2, 3], demo_view))
+    col = demo_view.feature_names.index("amount_sum_5m")
+    assert out.applied.tolist() == [True, True, False]
+    assert out.values[:, col].tolist()[:2] == [1.0, 2.0] and np.isnan(out.values[2, col])
+    assert out.online_values[0, col] == 3.0 and out.watermark_ms == 40_000
+    ssp = demo_view.feature_names.index("seconds_since_prev")
+    assert np.isnan(out.values[0, ssp]) and out.online_values[0, ssp] == 50.0
+
+
+def test_empty_batch_and_bad_seq(demo_view):
+    engine = FeatureEngine(demo_view)
+    empty = EventBatch.from_records([], [], demo_view)
+    assert engine.process(empty).values.shape == (0, len(demo_view.features))
+    record = {"entity_id": "a", "event_time": 1, "amount": 1.0, "merchant_id": "m"}
+    engine.process(EventBatch.from_records([record], [5], demo_view))
+    with pytest.raises(ValueError, match="seq"):
+        engine.process(EventBatch.from_records([record], [5], demo_view))
