@@ -3,33 +3,55 @@
 from __future__ import annotations
 
 import faust
+import redis
 
 from driftline import kafka
 from driftline.agents.app import create_app
-from driftline.agents.ingest import CountingDownstream, IngestPipeline
+from driftline.agents.features import FeatureStage
+from driftline.agents.ingest import IngestPipeline
+from driftline.codec.decoder import Decoder
 from driftline.codec.schema_set import SchemaSet
 from driftline.dlq import DeadLetterSink
+from driftline.feature_defs import DEFINITIONS_DIR
+from driftline.features import FeatureView, load_definitions
+from driftline.offline_store import OfflineStore
+from driftline.online_store import RedisOnlineStore
 from driftline.settings import Settings
 
+# Definitions name topics by their default names; a deployment may rename the events topic.
+DEFAULT_EVENTS_TOPIC = Settings().topic_events
 
-def build_ingest(settings: Settings, downstream=None) -> IngestPipeline:
-    from driftline.codec.decoder import Decoder
 
+def views_for(settings: Settings) -> list[FeatureView]:
+    """The views computed from the configured events topic."""
+    registry = load_definitions(settings.feature_defs or DEFINITIONS_DIR)
+    topics = {settings.topic_events, DEFAULT_EVENTS_TOPIC}
+    views = [v for v in registry.views.values() if v.source.topic in topics]
+    if not views:
+        raise ValueError(f"no feature view reads {settings.topic_events} in "
+                         f"{settings.feature_defs or DEFINITIONS_DIR}")
+    return views
+
+
+def build_pipeline(settings: Settings) -> IngestPipeline:
     schemas = SchemaSet.load()
     producer = kafka.make_producer(settings)
-    decoder = Decoder.for_settings(settings, "driftline.TransactionEvent", schemas)
-    return IngestPipeline(
-        decoder=decoder,
-        dead_letters=DeadLetterSink(producer, settings.topic_dlq, schemas),
-        producer=producer,
-        downstream=downstream or CountingDownstream(),
-    )
+    dead_letters = DeadLetterSink(producer, settings.topic_dlq, schemas)
+    views = views_for(settings)
+    client = redis.Redis.from_url(settings.redis_url_or_fail)
+    stage = FeatureStage(
+        views, topic=settings.topic_events, group=settings.group_features, client=client,
+        online=RedisOnlineStore(client, settings.redis_ttl_s),
+        offline=OfflineStore(settings.data_dir / "offline"),
+        producer=producer, features_topic=settings.topic_features,
+        dead_letters=dead_letters, schemas=schemas)
+    decoder = Decoder.for_settings(settings, views[0].source.schema, schemas)
+    return IngestPipeline(decoder, dead_letters, producer, stage)
 
 
 def run_worker(settings: Settings) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    pipeline = build_ingest(settings)
-    app, _reader = create_app(settings, pipeline)
+    app, _reader = create_app(settings, build_pipeline(settings))
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True,
                           override_logging=False)
     worker.execute_from_commandline()  # returns via SystemExit when stopped by a signal

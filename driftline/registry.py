@@ -121,9 +121,15 @@ class ModelRegistry:
         return self._load(name, found[0], stages) if found else None
 
     def history(self, name: str) -> list[Transition]:
-        lines, _ = self._history_lines(name)
+        if not (self.root / name / "versions").is_dir():
+            return []
+        # A shared lock: without it, two writes landing between reading history.jsonl and
+        # stages.json would look like corruption.
+        with self._locked(name, shared=True):
+            lines, _ = self._history_lines(name)
+            state = self._read_state(name)
         return [Transition(model_name=name, **_history_fields(line))
-                for line in self._with_missing_tail(lines, self._read_state(name))]
+                for line in self._with_missing_tail(lines, state)]
 
     def model_path(self, name: str, version: int) -> Path:
         return self._version_dir(name, version) / "model.onnx"
@@ -314,9 +320,9 @@ class ModelRegistry:
                 os.fsync(fh.fileno())
 
     @contextmanager
-    def _locked(self, name: str) -> Iterator[None]:
+    def _locked(self, name: str, shared: bool = False) -> Iterator[None]:
         with open(self.root / name / ".lock", "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+            fcntl.flock(fh, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             try:
                 yield
             finally:

@@ -91,8 +91,11 @@ def build_model(seed: int) -> Pipeline:
     return Pipeline([
         ("impute", SimpleImputer(strategy="constant", fill_value=MISSING_VALUE,
                                  keep_empty_features=True)),
+        # Row and column subsampling keep a 45k-row fit near 5 s on two cores (exact-split
+        # boosting; HistGradientBoosting would be faster but skl2onnx cannot export it).
         ("model", GradientBoostingClassifier(n_estimators=100, max_depth=3, learning_rate=0.1,
-                                             subsample=0.8, random_state=seed)),
+                                             subsample=0.5, max_features=0.5,
+                                             random_state=seed)),
     ])
 
 

@@ -320,7 +320,7 @@ def _register_many(root: str, count: int) -> None:
 def test_concurrent_promotions_end_with_one_consistent_production(reg: ModelRegistry):
     for seed in range(4):
         register(reg, seed=seed)
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_promote_many, args=(str(reg.root), [v, 5 - v], 15))
              for v in (1, 2, 3, 4)]
     for p in procs:
@@ -345,7 +345,7 @@ def test_concurrent_promotions_end_with_one_consistent_production(reg: ModelRegi
 
 
 def test_concurrent_registrations_get_distinct_versions(reg: ModelRegistry):
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_register_many, args=(str(reg.root), 5)) for _ in range(3)]
     for p in procs:
         p.start()

@@ -1,0 +1,165 @@
+"""Streaming features end to end against a real broker and Redis, checked by the naive oracle.
+
+Events are produced to explicit partitions by the test, so the test knows every offset and can
+compute the expected features itself (``tests/unit/features/feature_oracle.py``) without reading
+anything Driftline wrote about the input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import zlib
+
+import numpy as np
+import pandas as pd
+import pytest
+import redis
+
+from driftline.demo import DemoConfig, DemoGenerator
+from driftline.feature_defs import DEFINITIONS_DIR
+from driftline.features import load_definitions
+from driftline.offline_store import OfflineStore
+from tests.integration.conftest import start_worker_process
+from tests.integration.helpers import consume_all, wait_for
+from tests.unit.features.feature_oracle import run_oracle
+
+VIEW = load_definitions(DEFINITIONS_DIR).view("transactions_v1")
+
+
+def make_stream(n_events: int, n_entities: int, seed: int) -> list[dict]:
+    config = DemoConfig(seed=seed, n_entities=n_entities, events_per_second=3.0,
+                        shuffle_within_ms=40_000)
+    events = DemoGenerator(config).events(n_events)
+    rng = np.random.default_rng(seed)
+    # A few events far beyond the 60 s lateness: they must be refused, counted and dead-lettered.
+    for i in rng.choice(np.arange(n_events // 2, n_events), size=12, replace=False):
+        events[i] = dict(events[i], event_time=events[i]["event_time"] - 3_600_000)
+    return events
+
+
+def partition_of(entity_id: str, partitions: int) -> int:
+    return zlib.crc32(entity_id.encode()) % partitions
+
+
+def produce_stream(settings, events: list[dict]) -> dict[int, list[dict]]:
+    """Produce JSON events to explicit partitions; returns each partition's events in offset order."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5,
+                         "enable.idempotence": True})
+    by_partition: dict[int, list[dict]] = {p: [] for p in range(settings.partitions)}
+    for event in events:
+        p = partition_of(event["entity_id"], settings.partitions)
+        by_partition[p].append(event)
+        producer.produce(settings.topic_events, json.dumps(event).encode(),
+                         key=event["entity_id"].encode(), partition=p)
+    assert producer.flush(30) == 0
+    return by_partition
+
+
+def expected(by_partition: dict[int, list[dict]]):
+    """Oracle results per partition, with seq = the Kafka offset."""
+    results = {}
+    for p, events in by_partition.items():
+        frame = pd.DataFrame(events).rename(columns={"entity_id": "entity"})
+        frame["seq"] = np.arange(len(frame))
+        results[p] = run_oracle(VIEW, frame, batch_ends=[len(frame)])
+    return results
+
+
+def committed(client: redis.Redis, settings) -> dict[int, int]:
+    raw = client.hgetall(f"dl:offsets:{settings.group_features}:{settings.topic_events}")
+    return {int(k): int(v) for k, v in raw.items()}
+
+
+def wait_done(client, settings, by_partition, timeout=120):
+    want = {p: len(ev) for p, ev in by_partition.items() if ev}
+    wait_for(lambda: committed(client, settings) == want, timeout=timeout,
+             what=f"offsets {want}")
+
+
+def check_everything(settings, client, by_partition, oracle):
+    names = list(VIEW.feature_names)
+    # Online store: every entity's values equal the oracle's final online values.
+    n_entities = 0
+    for p, result in oracle.items():
+        for entity, (event_time, values) in result.final_online.items():
+            raw = client.hgetall(f"dl:f:{VIEW.name}:{entity}")
+            assert raw, f"no online row for {entity}"
+            row = {k.decode(): v.decode() for k, v in raw.items()}
+            assert int(row["_event_time"]) == event_time
+            assert row["_version"] == VIEW.version
+            got = np.array([float(row[n]) for n in names])
+            np.testing.assert_allclose(got, values, rtol=1e-9, atol=1e-9,
+                                       err_msg=f"online values of {entity}")
+            n_entities += 1
+    assert n_entities == sum(len(r.final_online) for r in oracle.values()) > 100
+    # Offline store: one row per applied event, values as of that event.
+    table = OfflineStore(settings.data_dir / "offline").read(
+        OfflineStore(settings.data_dir / "offline").features_dir(VIEW.name)).to_pandas()
+    n_applied = sum(int((~r.late).sum()) for r in oracle.values())
+    assert len(table) == n_applied
+    assert not table.duplicated(["partition", "offset"]).any()
+    for p, result in oracle.items():
+        rows = table[table["partition"] == p].sort_values("offset")
+        applied = np.flatnonzero(~result.late)
+        np.testing.assert_array_equal(rows["offset"].to_numpy(), applied)
+        np.testing.assert_allclose(rows[names].to_numpy(), result.values[applied],
+                                   rtol=1e-9, atol=1e-9, err_msg=f"parquet rows of {p}")
+        assert (rows["segment"].to_numpy()
+                == np.array([by_partition[p][i]["segment"] for i in applied])).all()
+    return n_applied
+
+
+def test_features_equal_the_oracle_online_offline_and_on_the_topic(settings, tmp_path):
+    settings = settings.replace(batch_size=2000)
+    events = make_stream(6000, 800, seed=5)
+    by_partition = produce_stream(settings, events)
+    oracle = expected(by_partition)
+    n_late = sum(int(r.late.sum()) for r in oracle.values())
+    assert n_late >= 12
+    proc = start_worker_process(settings, tmp_path / "logs")
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        wait_done(client, settings, by_partition)
+        n_applied = check_everything(settings, client, by_partition, oracle)
+    finally:
+        proc.stop()
+    features = consume_all(settings.kafka_bootstrap, settings.topic_features, n_applied)
+    assert len(features) == n_applied
+    dead = consume_all(settings.kafka_bootstrap, settings.topic_dlq, n_late)
+    assert len(dead) == n_late
+
+
+def test_kill_9_mid_stream_then_restart_changes_no_value(settings, tmp_path):
+    settings = settings.replace(batch_size=300)
+    events = make_stream(6000, 800, seed=9)
+    by_partition = produce_stream(settings, events)
+    oracle = expected(by_partition)
+    client = redis.Redis.from_url(settings.redis_url)
+    total = len(events)
+    proc = start_worker_process(settings, tmp_path / "logs", name="worker-1")
+    try:
+        wait_for(lambda: sum(committed(client, settings).values()) >= total // 3, timeout=120,
+                 interval=0.02, what="a third of the stream")
+        os.kill(proc.proc.pid, signal.SIGKILL)
+        proc.proc.wait(10)
+        done_before = sum(committed(client, settings).values())
+        assert done_before < total, "the worker finished before it was killed"
+    finally:
+        proc.stop()
+    proc = start_worker_process(settings, tmp_path / "logs", name="worker-2")
+    try:
+        wait_done(client, settings, by_partition)
+        check_everything(settings, client, by_partition, oracle)
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_env(monkeypatch):
+    # The worker child gets its settings from the fixture, never from the caller's environment.
+    for key in [k for k in os.environ if k.startswith("DRIFTLINE_")]:
+        monkeypatch.delenv(key)
