@@ -66,6 +66,82 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(_settings(dev_default=True), n_events=args.events)
 
 
+def _views(settings: Settings, name: str | None):
+    from driftline.agents.worker import views_for
+
+    views = views_for(settings)
+    if name is None:
+        return views
+    chosen = [v for v in views if v.name == name]
+    if not chosen:
+        raise ValueError(f"unknown view {name!r}; have {[v.name for v in views]}")
+    return chosen
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    settings = _settings()
+    views = _views(settings, args.view)
+    if args.action == "list":
+        rows = [{"name": f.name, "aggregation": f.aggregation, "field": f.field,
+                 "window": f.window.spec()["kind"],
+                 "window_seconds": f.window.spec()["size_ms"] / 1000,
+                 "view": v.name, "version": v.version}
+                for v in views for f in v.features]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            for r in rows:
+                print(f"{r['view']}@{r['version']}  {r['name']:<24} {r['aggregation']:<22} "
+                      f"{r['field'] or '-':<12} {r['window']} {r['window_seconds']:g}s")
+        return 0
+    if not args.entity:
+        raise ValueError("features get needs an ENTITY id")
+    import redis
+
+    from driftline.online_store import RedisOnlineStore
+
+    store = RedisOnlineStore(redis.Redis.from_url(settings.redis_url_or_fail), 0)
+    found = {}
+    for v in views:
+        row = store.read(v.name, args.entity)
+        if row is not None:
+            found[v.name] = {"version": row.version, "event_time": row.event_time_ms,
+                             "values": {k: (None if x != x else x) for k, x in row.values.items()}}
+    if not found:
+        print(f"no features for entity {args.entity!r}", file=sys.stderr)
+        return 1
+    print(json.dumps({"entity_id": args.entity, "views": found}, indent=None if args.json else 2))
+    return 0
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from driftline.backfill import backfill, write_backfill
+    from driftline.offline_store import OfflineStore
+
+    settings = _settings()
+    store = OfflineStore(settings.data_dir / "offline")
+    for view in _views(settings, args.view):
+        result = backfill(store, settings.topic_events, view)
+        rows = write_backfill(store, view, result)
+        print(json.dumps({"view": view.name, "version": view.version, "events": len(result.offset),
+                          "rows": rows, "late": int((~result.applied).sum())}))
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from driftline.backfill import audit_skew
+    from driftline.offline_store import OfflineStore
+
+    settings = _settings()
+    store = OfflineStore(settings.data_dir / "offline")
+    clean = True
+    for view in _views(settings, args.view):
+        report = audit_skew(store, settings.topic_events, view)
+        print(json.dumps(report.as_dict(), indent=2))
+        clean &= report.clean and report.compared > 0
+    return 0 if clean else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="driftline", description="Streaming ML features, scoring and monitoring.")
@@ -92,6 +168,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drift-at", type=int, default=None,
                    help="inject covariate and concept drift from this event index on")
     p.set_defaults(func=cmd_produce_demo)
+
+    p = sub.add_parser("features", help="list feature definitions or read an entity's values")
+    p.add_argument("action", choices=["list", "get"])
+    p.add_argument("entity", nargs="?")
+    p.add_argument("--view", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("backfill", help="recompute features from the archived raw events")
+    p.add_argument("--view", default=None)
+    p.set_defaults(func=cmd_backfill)
+
+    p = sub.add_parser("audit", help="compare recomputed features with what was served")
+    p.add_argument("what", choices=["skew"])
+    p.add_argument("--view", default=None)
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("demo", help="the main job on embedded defaults, end to end")
     p.add_argument("--events", type=int, default=20000)

@@ -10,13 +10,18 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import zlib
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import redis
 
+from driftline import devstack
+from driftline.backfill import audit_skew
 from driftline.demo import DemoConfig, DemoGenerator
 from driftline.feature_defs import DEFINITIONS_DIR
 from driftline.features import load_definitions
@@ -44,7 +49,7 @@ def partition_of(entity_id: str, partitions: int) -> int:
 
 
 def produce_stream(settings, events: list[dict]) -> dict[int, list[dict]]:
-    """Produce JSON events to explicit partitions; returns each partition's events in offset order."""
+    """Produce JSON events to explicit partitions; returns each partition's events by offset."""
     from confluent_kafka import Producer
 
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5,
@@ -84,7 +89,7 @@ def check_everything(settings, client, by_partition, oracle):
     names = list(VIEW.feature_names)
     # Online store: every entity's values equal the oracle's final online values.
     n_entities = 0
-    for p, result in oracle.items():
+    for result in oracle.values():
         for entity, (event_time, values) in result.final_online.items():
             raw = client.hgetall(f"dl:f:{VIEW.name}:{entity}")
             assert raw, f"no online row for {entity}"
@@ -131,6 +136,41 @@ def test_features_equal_the_oracle_online_offline_and_on_the_topic(settings, tmp
     assert len(features) == n_applied
     dead = consume_all(settings.kafka_bootstrap, settings.topic_dlq, n_late)
     assert len(dead) == n_late
+    check_backfill_and_audit(settings, client, n_applied)
+
+
+def run_cli(settings, *args: str) -> subprocess.CompletedProcess:
+    env = devstack.child_env(settings.to_env())
+    return subprocess.run(devstack.python_argv(*args), env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def check_backfill_and_audit(settings, client, n_applied):
+    store = OfflineStore(settings.data_dir / "offline")
+    report = audit_skew(store, settings.topic_events, VIEW)
+    assert report.clean and report.compared == n_applied, report.as_dict()
+    audit = run_cli(settings, "audit", "skew")
+    assert audit.returncode == 0, audit.stderr
+    assert json.loads(audit.stdout)["mismatches"] == 0
+    backfilled = run_cli(settings, "backfill")
+    assert backfilled.returncode == 0, backfilled.stderr
+    assert json.loads(backfilled.stdout)["rows"] == n_applied
+    listed = json.loads(run_cli(settings, "features", "list", "--json").stdout)
+    assert [r["name"] for r in listed] == list(VIEW.feature_names)
+    assert {r["version"] for r in listed} == {VIEW.version}
+    entity = client.keys(f"dl:f:{VIEW.name}:*")[0].decode().rsplit(":", 1)[1]
+    got = json.loads(run_cli(settings, "features", "get", entity, "--json").stdout)
+    assert got["views"][VIEW.name]["version"] == VIEW.version
+    # The audit can fail: corrupt one served value and it must report exactly that row.
+    path = sorted(store.features_dir(VIEW.name).glob("date=*/*.parquet"))[0]
+    table = pq.read_table(path)
+    column = table.column("amount_sum_1h").to_numpy().copy()
+    column[0] += 1.0
+    pq.write_table(table.set_column(table.schema.get_field_index("amount_sum_1h"),
+                                    "amount_sum_1h", pa.array(column)), path)
+    report = audit_skew(store, settings.topic_events, VIEW)
+    assert [m["feature"] for m in report.mismatches] == ["amount_sum_1h"]
+    assert run_cli(settings, "audit", "skew").returncode == 1
 
 
 def test_kill_9_mid_stream_then_restart_changes_no_value(settings, tmp_path):
