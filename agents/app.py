@@ -11,7 +11,8 @@ from __future__ import annotations
 import faust
 
 from driftline import kafka
-from driftline.agents.batch_reader import BatchPipeline, BatchReader
+from driftline.agents.batch_reader import BatchReader
+from driftline.batch_consumer import BatchLoop, BatchPipeline
 from driftline.metrics import exposition
 from driftline.settings import Settings
 
@@ -28,8 +29,24 @@ def faust_broker_settings(settings: Settings) -> dict:
     }
 
 
+def health_body(batches: BatchLoop) -> dict:
+    """Health of a batch loop; ``retrying`` (an outage being waited out) is still healthy."""
+    body = {
+        "status": "ok" if batches.healthy else "failing",
+        "topic": batches.topic,
+        "assigned_partitions": sorted(batches.assigned),
+        "batches": batches.batches,
+        "messages": batches.messages,
+        "lag": batches.lag,
+        "retrying": batches.retrying,
+    }
+    if batches.failure is not None:
+        body["error"] = repr(batches.failure)
+    return body
+
+
 def create_app(settings: Settings, pipeline: BatchPipeline, app_id: str = "driftline-worker"
-               ) -> tuple[faust.App, BatchReader]:
+               ) -> tuple[faust.App, BatchLoop]:
     app = faust.App(
         app_id,
         store="memory://",
@@ -41,14 +58,14 @@ def create_app(settings: Settings, pipeline: BatchPipeline, app_id: str = "drift
         autodiscover=False,
         **faust_broker_settings(settings),
     )
-    reader = BatchReader(
+    batches = BatchLoop(
         lambda: kafka.make_consumer(settings, settings.group_features),
         topic=settings.topic_events,
         pipeline=pipeline,
         batch_size=settings.batch_size,
         batch_timeout_s=settings.batch_timeout_ms / 1000,
-        loop=app.loop,
     )
+    reader = BatchReader(batches, loop=app.loop)
 
     @app.task
     async def start_batch_reader() -> None:
@@ -56,17 +73,8 @@ def create_app(settings: Settings, pipeline: BatchPipeline, app_id: str = "drift
 
     @app.page("/health")
     async def health(web, request):
-        body = {
-            "status": "ok" if reader.healthy else "failing",
-            "topic": reader.topic,
-            "assigned_partitions": sorted(reader.assigned),
-            "batches": reader.batches,
-            "messages": reader.messages,
-            "lag": reader.lag,
-        }
-        if reader.failure is not None:
-            body["error"] = repr(reader.failure)
-        return web.json(body, status=200 if reader.healthy else 503)
+        body = health_body(batches)
+        return web.json(body, status=200 if body["status"] == "ok" else 503)
 
     @app.page("/metrics")
     async def metrics(web, request):
@@ -74,4 +82,4 @@ def create_app(settings: Settings, pipeline: BatchPipeline, app_id: str = "drift
         # aiohttp refuses a charset inside content_type; the exposition is ASCII anyway.
         return web.bytes(payload, content_type=content_type.split(";")[0])
 
-    return app, reader
+    return app, batches

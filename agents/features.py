@@ -202,7 +202,7 @@ class FeatureStage:
                 "event_time": record[time_field],
                 "view": view.name,
                 "view_version": view.version,
-                "values": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, row)},
+                "values": dict(zip(names, _nullable(row), strict=True)),
                 "slices": {s: str(record[s]) for s in view.slices},
             }
             self.producer.produce(self.features_topic, encode(FEATURE_SCHEMA, message,
@@ -236,3 +236,7 @@ def _feature_columns(view: FeatureView, batch: PartitionBatch, offsets: np.ndarr
     for j, name in enumerate(view.feature_names):
         columns[name] = values[applied, j]
     return columns
+
+
+def _nullable(row: np.ndarray) -> list[float | None]:
+    return [None if v != v else v for v in row.tolist()]

@@ -19,6 +19,10 @@ DEAD_LETTERS = Counter(
 BATCH_SECONDS = Histogram(
     "driftline_batch_seconds", "Wall time to process one consumed batch, by stage",
     ["stage"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+BATCH_FAILURES = Counter(
+    "driftline_batch_failures_total",
+    "Batches whose processing failed and were retried from the last committed state",
+    ["topic", "error"])
 FEATURE_ROWS = Counter(
     "driftline_feature_rows_total", "Per-event feature rows computed, by view", ["view"])
 LATE_EVENTS = Counter(

@@ -1,0 +1,180 @@
+"""A consumer loop that hands a pipeline whole batches, on its own thread.
+
+Contract with the pipeline it drives (everything runs on the loop's thread, never concurrently):
+- ``on_assign(partitions) -> {partition: offset}``: load state; return the offset to resume each
+  partition from (state-backed), or omit a partition to resume from the group's committed offset.
+- ``process(messages)``: when it returns, the batch's effects have landed.
+- ``on_revoke(partitions)``: drop state for partitions this consumer no longer owns.
+Offsets are committed to Kafka only after ``process`` returns, so a crash replays, never skips.
+When ``process`` raises (Redis or Kafka unreachable, say), the loop backs off, rebuilds the
+pipeline's state for its partitions and rewinds to where that state ends: nothing is lost and
+nothing is applied twice, however long the outage.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from driftline.metrics import BATCH_FAILURES
+
+log = logging.getLogger(__name__)
+
+
+class BatchPipeline(Protocol):
+    def on_assign(self, partitions: Sequence[int]) -> dict[int, int]: ...
+    def on_revoke(self, partitions: Sequence[int]) -> None: ...
+    def process(self, messages: Sequence[Message]) -> None: ...
+
+
+class BatchLoop:
+    def __init__(self, consumer_factory: Callable[[], Consumer], topic: str,
+                 pipeline: BatchPipeline, batch_size: int, batch_timeout_s: float,
+                 max_backoff_s: float = 30.0) -> None:
+        self._consumer_factory = consumer_factory
+        self.topic = topic
+        self.pipeline = pipeline
+        self.batch_size = batch_size
+        self.batch_timeout_s = batch_timeout_s
+        self.max_backoff_s = max_backoff_s
+        self.assigned: set[int] = set()
+        self.batches = 0
+        self.messages = 0
+        self.retrying: str | None = None  # the error being retried, for /health
+        self.failure: BaseException | None = None
+        self.lag: dict[int, int] = {}
+        self._lag_measured_at = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"batches:{self.topic}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def healthy(self) -> bool:
+        return self.failure is None and self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        try:
+            consumer = self._consumer_factory()
+            consumer.subscribe([self.topic], on_assign=self._on_assign,
+                               on_revoke=self._on_revoke, on_lost=self._on_revoke)
+            try:
+                while not self._stop.is_set():
+                    self._step(consumer)
+            finally:
+                consumer.close()
+        except BaseException as exc:  # surfaced by /health; the process must not hide it
+            self.failure = exc
+            log.exception("batch loop for %s failed", self.topic)
+
+    # -- rebalance ---------------------------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        numbers = [tp.partition for tp in partitions]
+        resume = self._retry(lambda: self.pipeline.on_assign(numbers), "restoring state")
+        for tp in partitions:
+            if tp.partition in resume:
+                tp.offset = resume[tp.partition]
+        consumer.assign(partitions)
+        self.assigned.update(numbers)
+        log.info("assigned %s partitions %s (resume %s)", self.topic, numbers, resume)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        numbers = [tp.partition for tp in partitions]
+        self.pipeline.on_revoke(numbers)
+        self.assigned.difference_update(numbers)
+        consumer.unassign()
+        log.info("revoked %s partitions %s", self.topic, numbers)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _step(self, consumer: Consumer) -> None:
+        raw = consumer.consume(num_messages=self.batch_size, timeout=self.batch_timeout_s)
+        self._measure_lag(consumer)
+        messages = [m for m in raw if m.error() is None]
+        for msg in raw:
+            err = msg.error()
+            if err is not None and err.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error on %s: %s", self.topic, err)
+        if not messages:
+            return
+        try:
+            self.pipeline.process(messages)
+        except Exception as exc:  # noqa: BLE001 - any failure is retried from known state
+            BATCH_FAILURES.labels(self.topic, type(exc).__name__).inc()
+            log.warning("batch on %s failed (%r); rebuilding state and retrying", self.topic, exc)
+            self._rewind(consumer, messages)
+            return
+        try:
+            consumer.commit(offsets=_next_offsets(messages), asynchronous=False)
+        except KafkaException as exc:  # e.g. revoked meanwhile; state-backed offsets rule
+            log.warning("offset commit on %s failed: %s", self.topic, exc)
+        self.batches += 1
+        self.messages += len(messages)
+
+    def _rewind(self, consumer: Consumer, failed: Sequence[Message]) -> None:
+        first: dict[int, int] = {}
+        for msg in failed:
+            first.setdefault(msg.partition(), msg.offset())
+        partitions = sorted(self.assigned)
+
+        def rebuild() -> dict[int, int]:
+            self.pipeline.on_revoke(partitions)
+            return self.pipeline.on_assign(partitions)
+
+        resume = self._retry(rebuild, "rebuilding state after a failed batch", first_wait=0.5)
+        for p in partitions:
+            offset = resume.get(p, first.get(p))
+            if offset is not None:
+                consumer.seek(TopicPartition(self.topic, p, offset))
+
+    def _retry(self, action: Callable[[], dict[int, int]], what: str,
+               first_wait: float = 0.0) -> dict[int, int]:
+        wait = first_wait
+        while True:
+            if wait:
+                self._stop.wait(wait)
+            try:
+                result = action()
+                self.retrying = None
+                return result
+            except Exception as exc:  # noqa: BLE001
+                if self._stop.is_set():
+                    raise
+                self.retrying = f"{what}: {exc!r}"
+                wait = min(max(wait * 2, 0.5), self.max_backoff_s)
+                log.warning("%s on %s failed (%r); retrying in %.1fs", what, self.topic, exc,
+                            wait)
+
+    def _measure_lag(self, consumer: Consumer) -> None:
+        """Messages behind the high watermark per assigned partition, at most once a second."""
+        now = time.monotonic()
+        if now - self._lag_measured_at < 1.0 or not self.assigned:
+            return
+        self._lag_measured_at = now
+        lag = {}
+        positions = consumer.position([TopicPartition(self.topic, p) for p in self.assigned])
+        for tp in positions:
+            low, high = consumer.get_watermark_offsets(tp, cached=True) or (0, 0)
+            position = tp.offset if tp.offset >= 0 else low
+            lag[tp.partition] = max(high - position, 0)
+        self.lag = lag
+
+
+def _next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
+    last: dict[tuple[str, int], int] = {}
+    for msg in messages:
+        last[(msg.topic(), msg.partition())] = msg.offset()
+    return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
