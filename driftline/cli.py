@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 
+from driftline import models_cli
 from driftline.settings import Settings, describe
 
 
@@ -64,6 +65,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from driftline.demo_run import run_demo
 
     return run_demo(_settings(dev_default=True), n_events=args.events)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from driftline.serving.service import run_scorer
+
+    return run_scorer(_settings())
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from driftline import models_cli
+
+    return models_cli.run(args, _settings())
 
 
 def _views(settings: Settings, name: str | None):
@@ -160,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run the feature worker (Faust)")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("serve", help="run the scorer: stream scoring, online API, hot swap")
+    p.set_defaults(func=cmd_serve)
+
+    models_cli.add_parser(sub)
+    sub.choices["models"].set_defaults(func=cmd_models)
 
     p = sub.add_parser("produce-demo", help="publish synthetic card transactions")
     p.add_argument("--events", type=int, default=10000)

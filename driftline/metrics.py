@@ -34,6 +34,16 @@ EVENT_TO_STORE_SECONDS = Histogram(
     "driftline_event_to_store_seconds",
     "From the event's Kafka append time to its features being written to Redis",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+PREDICTIONS = Counter(
+    "driftline_predictions_total", "Predictions produced, by model and version",
+    ["model", "version"])
+ONLINE_REQUESTS = Counter(
+    "driftline_online_requests_total", "Online /predict requests, by outcome status",
+    ["status"])
+ONLINE_SECONDS = Histogram(
+    "driftline_online_predict_seconds", "Server-side latency of /predict",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
+MODEL_SWAPS = Counter("driftline_model_swaps_total", "Hot swaps of the served model")
 
 
 def exposition() -> tuple[bytes, str]:

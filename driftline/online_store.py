@@ -83,17 +83,18 @@ class RedisOnlineStore:
 
     def read(self, view: str, entity_id: str) -> OnlineRow | None:
         raw = self.client.hgetall(feature_key(view, entity_id))
-        return _row(view, entity_id, raw) if raw else None
+        return parse_row(view, entity_id, raw) if raw else None
 
     def read_many(self, view: str, entity_ids: Sequence[str]) -> list[OnlineRow | None]:
         pipe = self.client.pipeline(transaction=False)
         for entity_id in entity_ids:
             pipe.hgetall(feature_key(view, entity_id))
-        return [_row(view, e, raw) if raw else None
+        return [parse_row(view, e, raw) if raw else None
                 for e, raw in zip(entity_ids, pipe.execute(), strict=True)]
 
 
-def _row(view: str, entity_id: str, raw: dict[bytes, bytes]) -> OnlineRow:
+def parse_row(view: str, entity_id: str, raw: dict[bytes, bytes]) -> OnlineRow:
+    """An HGETALL reply as an :class:`OnlineRow`."""
     fields = {k.decode(): v.decode() for k, v in raw.items()}
     version = fields.pop(VERSION_FIELD)
     event_time = int(fields.pop(EVENT_TIME_FIELD))

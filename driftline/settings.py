@@ -80,6 +80,16 @@ class Settings:
         "DRIFTLINE_REDIS_TTL_S", 7 * 24 * 3600, "TTL of online feature keys; 0 = no expiry")
     worker_host: str = _setting("DRIFTLINE_WORKER_HOST", "127.0.0.1", "feature worker HTTP host")
     worker_port: int = _setting("DRIFTLINE_WORKER_PORT", 6066, "feature worker HTTP port")
+    scorer_host: str = _setting("DRIFTLINE_SCORER_HOST", "127.0.0.1", "scorer HTTP host")
+    scorer_port: int = _setting("DRIFTLINE_SCORER_PORT", 8000, "scorer HTTP port")
+    group_scorer: str = _setting(
+        "DRIFTLINE_GROUP_SCORER", "driftline-scorer", "consumer group of the stream scorers")
+    model_name: str = _setting(
+        "DRIFTLINE_MODEL_NAME", "fraud", "registered model the scorer serves in Production")
+    decision_threshold: float = _setting(
+        "DRIFTLINE_DECISION_THRESHOLD", 0.5, "score at or above which the decision is positive")
+    redis_timeout_ms: int = _setting(
+        "DRIFTLINE_REDIS_TIMEOUT_MS", 250, "socket timeout of online Redis reads (then 503)")
     log_level: str = _setting("DRIFTLINE_LOG_LEVEL", "info", "log level of every process")
     session_timeout_ms: int | None = _setting(
         "DRIFTLINE_SESSION_TIMEOUT_MS", None, "consumer session timeout; unset = profile value")
@@ -157,10 +167,12 @@ def _parse(f: dataclasses.Field, raw: str) -> Any:
     try:
         if kind.startswith("int"):
             return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
         if kind.startswith("Path"):
             return Path(raw)
     except ValueError as exc:
-        raise ValueError(f"{f.metadata['env']}={raw!r}: expected an integer") from exc
+        raise ValueError(f"{f.metadata['env']}={raw!r}: expected a number") from exc
     return raw
 
 

@@ -85,3 +85,38 @@ def worker(settings, tmp_path):
     proc = start_worker_process(settings, tmp_path / "logs")
     yield proc
     proc.stop()
+
+
+def start_scorer_process(settings: Settings, log_dir: Path, name: str = "scorer"):
+    """`driftline serve` as a child process, returned once its stream loop has partitions."""
+    from driftline.stack import wait_healthy
+
+    env = devstack.child_env(settings.to_env())
+    proc = devstack.spawn(name, devstack.python_argv("serve"), log_dir,
+                          f"http://127.0.0.1:{settings.scorer_port}", env=env)
+    try:
+        wait_healthy(f"{proc.address}/health", proc, 60,
+                     ready=lambda b: b["stream"]["assigned_partitions"])
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
+
+
+@pytest.fixture(scope="session")
+def trained_registry(tmp_path_factory):
+    """A registry with fraud v1 (Production) and v2 (registered, another seed), trained once."""
+    from driftline.feature_defs import DEFINITIONS_DIR
+    from driftline.features import load_definitions
+    from driftline.registry import ModelRegistry
+    from driftline.training import train_initial
+
+    root = tmp_path_factory.mktemp("registry") / "registry"
+    view = load_definitions(DEFINITIONS_DIR).view("transactions_v1")
+    registry = ModelRegistry(root)
+    train_initial(registry, view, n_events=6000, seed=1, created_at_ms=1)
+    v2, _ = train_initial(registry, view, n_events=6000, seed=2, created_at_ms=2)
+    # train_initial promotes; put v1 back in Production so tests start from it.
+    registry.rollback("fraud", at_ms=3, reason="test setup", current_views={view.name: view})
+    assert registry.production("fraud").version == 1 and v2.version == 2
+    return root

@@ -30,7 +30,7 @@ def test_env_values_are_parsed():
 
 @pytest.mark.parametrize("env, message", [
     ({"DRIFTLINE_PARTITONS": "3"}, "unknown setting(s) DRIFTLINE_PARTITONS"),
-    ({"DRIFTLINE_PARTITIONS": "six"}, "DRIFTLINE_PARTITIONS='six': expected an integer"),
+    ({"DRIFTLINE_PARTITIONS": "six"}, "DRIFTLINE_PARTITIONS='six': expected a number"),
     ({"DRIFTLINE_PROFILE": "staging"}, "expected one of dev, prod"),
     ({"DRIFTLINE_PARTITIONS": "0"}, "must be >= 1"),
 ])

@@ -1,0 +1,100 @@
+"""Peer of the pipeline benchmark: Quix Streams doing one rolling aggregation.
+
+Run by `bench/bench_pipeline.py` as a subprocess. Values are Avro single-object bytes decoded with
+fastavro (writer schema = the shipped ``driftline.TransactionEvent``), the message timestamp is
+the record's ``event_time``, and a 1 h sliding window (60 s grace) keyed by the message key
+(entity_id) sums ``amount`` and emits ``.final()`` results. State lives in RocksDB with changelog
+topics, Quix's defaults. Messages are counted in ``on_message_processed``; at `--events` the app
+writes ``{"assigned_at", "done_at", "count"}`` to `--result` and stops itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from fastavro import schemaless_reader
+from quixstreams import Application
+from quixstreams.models.serializers import Deserializer
+
+from driftline.codec.schema_set import SchemaSet
+from driftline.codec.single_object import HEADER_SIZE, MAGIC
+
+HOUR_MS = 3_600_000
+
+
+class AvroSingleObject(Deserializer):
+    """Avro single-object bytes of one known writer schema -> dict (schema checked by header)."""
+
+    def __init__(self, schema_name: str) -> None:
+        super().__init__()
+        schema = SchemaSet.load().get(schema_name)
+        self.header = MAGIC + schema.fingerprint
+        self.schema = schema.wire
+
+    def __call__(self, value: bytes, ctx: Any) -> dict[str, Any]:
+        if value[:HEADER_SIZE] != self.header:
+            raise ValueError(f"not a {self.schema['name']} single-object message")
+        return schemaless_reader(io.BytesIO(value[HEADER_SIZE:]), self.schema, None)
+
+
+def event_time(value: dict[str, Any], headers: Any, timestamp: int, timestamp_type: Any) -> int:
+    return value["event_time"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--topic", required=True)
+    parser.add_argument("--group", required=True)
+    parser.add_argument("--events", type=int, required=True)
+    parser.add_argument("--result", required=True)
+    parser.add_argument("--state-dir", required=True)
+    args = parser.parse_args()
+    result = Path(args.result)
+    timing: dict[str, Any] = {"assigned_at": None, "count": 0}
+
+    def processed(topic: str, partition: int, offset: int) -> None:
+        timing["count"] += 1
+        if timing["count"] == args.events:
+            tmp = result.with_suffix(".tmp")
+            tmp.write_text(json.dumps({**timing, "done_at": time.time()}))
+            tmp.rename(result)
+            app.stop()
+
+    app = Application(
+        broker_address=args.bootstrap,
+        consumer_group=args.group,
+        auto_offset_reset="earliest",
+        # The dev broker holds a group join for the full rebalance timeout (FIELD-NOTES).
+        consumer_extra_config={"session.timeout.ms": 6000, "max.poll.interval.ms": 6000,
+                               "heartbeat.interval.ms": 1000},
+        state_dir=args.state_dir,
+        on_message_processed=processed,
+        loglevel="WARNING",
+    )
+    topic = app.topic(args.topic, key_deserializer="str",
+                      value_deserializer=AvroSingleObject("driftline.TransactionEvent"),
+                      timestamp_extractor=event_time)
+    sdf = app.dataframe(topic)
+    sdf = sdf.apply(lambda value: value["amount"])
+    sdf = sdf.sliding_window(duration_ms=HOUR_MS, grace_ms=60_000).sum().final()
+
+    # Quix has no public assignment hook; wrap the private one to time from first assignment.
+    on_assign = app._on_assign
+
+    def timed_assign(consumer, partitions) -> None:
+        on_assign(consumer, partitions)
+        if timing["assigned_at"] is None and partitions:
+            timing["assigned_at"] = time.time()
+
+    app._on_assign = timed_assign
+    app.run(sdf)
+
+
+if __name__ == "__main__":
+    main()

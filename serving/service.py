@@ -1,0 +1,122 @@
+"""`driftline serve`: the scorer process — stream scorer, model-event watcher and HTTP API.
+
+Three parts share one :class:`ModelHolder`: the stream scorer (a :class:`BatchLoop` over the
+features topic, its own consumer group), a watcher of ``driftline.models`` that reloads on every
+Production transition of the served model (each scorer process watches with a group of its own,
+so every replica swaps), and the aiohttp API.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from driftline import kafka
+from driftline.agents.app import health_body
+from driftline.agents.worker import views_for
+from driftline.batch_consumer import BatchLoop
+from driftline.codec.decoder import Decoder
+from driftline.codec.errors import DecodeError
+from driftline.codec.schema_set import SchemaSet
+from driftline.dlq import DeadLetterSink
+from driftline.metrics import MODEL_SWAPS
+from driftline.registry import PRODUCTION, ModelRegistry
+from driftline.serving.api import ScorerApi
+from driftline.serving.models import ModelHolder, ModelUnavailable
+from driftline.serving.stream import ScoringPipeline
+from driftline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ModelWatcher:
+    """Reloads the holder when the served model gets a new Production version."""
+
+    def __init__(self, settings: Settings, holder: ModelHolder, schemas: SchemaSet) -> None:
+        self.settings = settings
+        self.holder = holder
+        self.decoder = Decoder("driftline.ModelEvent", schemas)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _reload(self) -> None:
+        before = self.holder.current
+        try:
+            model = self.holder.reload()
+        except ModelUnavailable as exc:
+            log.warning("model reload refused: %s", exc)
+            return
+        if model is not before:
+            MODEL_SWAPS.inc()
+
+    def _run(self) -> None:
+        consumer = kafka.make_consumer(
+            self.settings, f"{self.settings.group_scorer}-models-{uuid.uuid4().hex[:8]}",
+            **{"auto.offset.reset": "latest", "enable.auto.commit": True})
+        # Anything promoted between start-up and the assignment is caught by a reload there.
+        consumer.subscribe([self.settings.topic_models], on_assign=lambda c, p: self._reload())
+        try:
+            while not self._stop.is_set():
+                for msg in consumer.consume(100, 0.2):
+                    if msg.error() is not None:
+                        continue
+                    try:
+                        event = self.decoder.decode(msg.value() or b"")
+                    except DecodeError as exc:
+                        log.warning("ignoring undecodable model event: %s", exc)
+                        continue
+                    if event["model_name"] == self.holder.name and \
+                            event["to_stage"] == PRODUCTION:
+                        self._reload()
+        finally:
+            consumer.close()
+
+
+def run_scorer(settings: Settings) -> int:
+    schemas = SchemaSet.load()
+    views = {v.name: v for v in views_for(settings)}
+    holder = ModelHolder(ModelRegistry(settings.data_dir / "registry"), settings.model_name,
+                         settings.decision_threshold, views)
+    try:
+        holder.reload()
+    except ModelUnavailable as exc:
+        log.warning("starting without a model (%s); scoring waits for a promotion", exc)
+    producer = kafka.make_producer(settings)
+    pipeline = ScoringPipeline(
+        holder, Decoder("driftline.FeatureRecord", schemas), producer,
+        DeadLetterSink(producer, settings.topic_dlq, schemas), settings.topic_predictions)
+    loop = BatchLoop(lambda: kafka.make_consumer(settings, settings.group_scorer),
+                     settings.topic_features, pipeline, settings.batch_size,
+                     settings.batch_timeout_ms / 1000, max_backoff_s=5.0)
+    watcher = ModelWatcher(settings, holder, schemas)
+    timeout_s = settings.redis_timeout_ms / 1000
+    client = aioredis.Redis.from_url(settings.redis_url_or_fail, socket_timeout=timeout_s,
+                                     socket_connect_timeout=timeout_s)
+    api = ScorerApi(holder, client, lambda: health_body(loop), timeout_s)
+    app = api.app()
+
+    async def on_startup(_app: web.Application) -> None:
+        loop.start()
+        watcher.start()
+
+    async def on_cleanup(_app: web.Application) -> None:
+        loop.stop()
+        watcher.stop()
+        await client.aclose()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    web.run_app(app, host=settings.scorer_host, port=settings.scorer_port, print=None,
+                access_log=None)
+    return 0

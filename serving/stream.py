@@ -1,0 +1,64 @@
+"""The stream scorer: ``driftline.features`` in batches, one prediction per record out.
+
+Each batch is scored by the single model the holder serves when the batch starts, so a hot swap
+falls between batches: no record is scored twice or by two versions. Undecodable records and
+records of another view version go to the DLQ with the reason. With no servable model the batch
+fails and the batch loop retries it after a back-off, so nothing is dropped while a model is
+missing. Predictions are flushed before the loop commits the offsets.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from confluent_kafka import Message
+
+from driftline.codec.decoder import Decoder
+from driftline.codec.single_object import encode
+from driftline.dlq import DeadLetterSink
+from driftline.kafka import CheckedProducer
+from driftline.metrics import BATCH_SECONDS, PREDICTIONS, RECORDS_DECODED
+from driftline.serving.models import ModelHolder
+from driftline.serving.scoring import score_records
+
+PREDICTION_SCHEMA = "driftline.Prediction"
+
+
+class ScoringPipeline:
+    def __init__(self, holder: ModelHolder, decoder: Decoder, producer: CheckedProducer,
+                 dead_letters: DeadLetterSink, predictions_topic: str) -> None:
+        self.holder = holder
+        self.decoder = decoder
+        self.producer = producer
+        self.dead_letters = dead_letters
+        self.predictions_topic = predictions_topic
+        self.scored = 0
+
+    def on_assign(self, partitions: Sequence[int]) -> dict[int, int]:
+        return {}  # stateless: resume from the committed offsets
+
+    def on_revoke(self, partitions: Sequence[int]) -> None:
+        pass
+
+    def process(self, messages: Sequence[Message]) -> None:
+        start = time.perf_counter()
+        model = self.holder.get()  # raises ModelUnavailable -> retried, nothing dropped
+        records, failures = self.decoder.decode_many([m.value() or b"" for m in messages])
+        failed = {i for i, _ in failures}
+        for i, error in failures:
+            self.dead_letters.send(messages[i], error.reason, error.detail)
+        good = [m for i, m in enumerate(messages) if i not in failed]
+        RECORDS_DECODED.labels(messages[0].topic()).inc(len(records))
+        scored = score_records(model, records)
+        for i, detail in scored.refused:
+            self.dead_letters.send(good[i], "view_mismatch", detail)
+        schemas = self.decoder.schemas
+        topic = self.predictions_topic
+        produce = self.producer.produce
+        for prediction, i in zip(scored.predictions, scored.positions, strict=True):
+            produce(topic, encode(PREDICTION_SCHEMA, prediction, schemas), key=good[i].key())
+        self.producer.flush_or_raise()
+        PREDICTIONS.labels(model.name, str(model.version)).inc(len(scored.predictions))
+        self.scored += len(scored.predictions)
+        BATCH_SECONDS.labels("scoring").observe(time.perf_counter() - start)
