@@ -40,6 +40,9 @@ def health_body(batches: BatchLoop) -> dict:
         "lag": batches.lag,
         "retrying": batches.retrying,
     }
+    stats = getattr(batches.pipeline, "stats", None)
+    if stats is not None:
+        body.update(stats())
     if batches.failure is not None:
         body["error"] = repr(batches.failure)
     return body

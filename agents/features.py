@@ -96,6 +96,11 @@ class FeatureStage:
         self.schemas = schemas
         self.engines: dict[tuple[str, int], FeatureEngine] = {}
         self.deltas: dict[tuple[str, int], int] = {}
+        self.rows = 0  # feature rows committed (per view), for /health
+        self.late = 0
+
+    def stats(self) -> dict[str, int]:
+        return {"feature_rows": self.rows, "late_events": self.late}
 
     # -- rebalance -------------------------------------------------------------------------
     def on_assign(self, partitions: Sequence[int]) -> dict[int, int]:
@@ -142,11 +147,15 @@ class FeatureStage:
         start = time.perf_counter()
         self.offline.write(self.offline.events_dir(self.topic), p, _event_columns(batch))
         pipe = self.client.pipeline(transaction=True)
+        self._pending_rows = self._pending_late = 0
         for view in self.views:
             self._process_view(view, batch, offsets, pipe)
         pipe.hset(self.state.offsets_key, str(p), int(offsets[-1]) + 1)
         self.producer.flush_or_raise()
         pipe.execute()
+        self.rows += self._pending_rows
+        self.late += self._pending_late
+        self._pending_rows = self._pending_late = 0
         now_ms = time.time() * 1000
         for t in batch.append_times_ms:
             EVENT_TO_STORE_SECONDS.observe(max(now_ms - t, 0) / 1000)
@@ -168,6 +177,8 @@ class FeatureStage:
                                    f"(allowed lateness {view.source.allowed_lateness_ms} ms)")
         LATE_EVENTS.labels(view.name).inc(int((~result.applied).sum()))
         applied = np.flatnonzero(result.applied)
+        self._pending_rows += len(applied)
+        self._pending_late += len(batch.records) - len(applied)
         FEATURE_ROWS.labels(view.name).inc(len(applied))
         STATE_ROWS.labels(view.name).set(engine.state_rows)
         self.offline.write(self.offline.features_dir(view.name), batch.partition,

@@ -34,6 +34,7 @@ class Downstream(Protocol):
     def on_assign(self, partitions: Sequence[int]) -> dict[int, int]: ...
     def on_revoke(self, partitions: Sequence[int]) -> None: ...
     def process(self, batches: Sequence[PartitionBatch]) -> None: ...
+    def stats(self) -> dict[str, int]: ...
 
 
 class CountingDownstream:
@@ -51,6 +52,9 @@ class CountingDownstream:
     def process(self, batches: Sequence[PartitionBatch]) -> None:
         self.records += sum(len(b.records) for b in batches)
 
+    def stats(self) -> dict[str, int]:
+        return {"records": self.records}
+
 
 class IngestPipeline:
     def __init__(self, decoder, dead_letters: DeadLetterSink, producer: CheckedProducer,
@@ -62,6 +66,9 @@ class IngestPipeline:
 
     def on_assign(self, partitions: Sequence[int]) -> dict[int, int]:
         return self.downstream.on_assign(partitions)
+
+    def stats(self) -> dict[str, int]:
+        return {"dead_letters": self.dead_letters.sent, **self.downstream.stats()}
 
     def on_revoke(self, partitions: Sequence[int]) -> None:
         self.downstream.on_revoke(partitions)

@@ -74,7 +74,7 @@ class EventSource:
         return out
 
 
-def produce_all(settings: Settings, messages: list[tuple[bytes, bytes]]
+def produce_all(settings: Settings, messages: list[tuple[bytes, bytes]], compression: str
                 ) -> tuple[float, dict[int, int]]:
     """Produce as fast as the producer goes.
 
@@ -91,7 +91,8 @@ def produce_all(settings: Settings, messages: list[tuple[bytes, bytes]]
         elif msg.offset() >= ends.get(msg.partition(), 0):
             ends[msg.partition()] = msg.offset() + 1
 
-    producer = Producer(kafka.producer_config(settings, on_delivery=on_delivery))
+    producer = Producer(kafka.producer_config(settings, on_delivery=on_delivery,
+                                              **{"compression.type": compression}))
     topic = settings.topic_events
     started = time.perf_counter()
     for key, value in messages:
@@ -189,7 +190,8 @@ class CommitWatcher(threading.Thread):
 
 
 def latency_phase(settings: Settings, source: EventSource, n: int, rate: float,
-                  client: redis.Redis, proc: ManagedProcess, poll_s: float) -> dict:
+                  client: redis.Redis, proc: ManagedProcess, poll_s: float,
+                  compression: str) -> dict:
     """Produce n events at a fixed rate; exact per-event latency plus the histogram estimate."""
     metrics_url = f"{proc.address}/metrics"
     hist = "driftline_event_to_store_seconds"
@@ -201,7 +203,8 @@ def latency_phase(settings: Settings, source: EventSource, n: int, rate: float,
         if err is None:
             delivered.append((msg.partition(), msg.offset(), msg.timestamp()[1]))
 
-    producer = Producer(kafka.producer_config(settings, on_delivery=on_delivery))
+    producer = Producer(kafka.producer_config(settings, on_delivery=on_delivery,
+                                              **{"compression.type": compression}))
     watcher = CommitWatcher(client, settings, poll_s)
     watcher.start()
     try:
@@ -221,10 +224,12 @@ def latency_phase(settings: Settings, source: EventSource, n: int, rate: float,
         ends: dict[int, int] = {}
         for p, offset, _ in delivered:
             ends[p] = max(ends.get(p, 0), offset + 1)
-        wait_caught_up(client, settings, ends, proc, timeout=300)
+        caught_up_at = wait_caught_up(client, settings, ends, proc, timeout=300)
     finally:
         watcher.stop_event.set()
         watcher.join(5)
+    # The watcher may stop before it reads the last commit; wait_caught_up saw it at this time.
+    watcher.polls.append((caught_up_at, ends))
     after = scrape_histogram(metrics_url, hist)
     exact = _exact_latencies(delivered, watcher.polls)
     return {
@@ -294,10 +299,15 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=10_000, help="Driftline worker batch")
     parser.add_argument("--latency-events", type=int, default=200_000)
-    parser.add_argument("--latency-rate", type=float, default=20_000,
-                        help="events/s in the latency phase; 0 = skip the phase")
+    parser.add_argument("--latency-rate", type=float, default=None,
+                        help="events/s in the latency phase; 0 = skip the phase; default: "
+                             "20,000 or half the worker's measured throughput if that is lower "
+                             "(above capacity, latency only measures the growing queue)")
     parser.add_argument("--poll-ms", type=float, default=2.0,
                         help="how often the latency phase reads the committed offsets")
+    parser.add_argument("--compression", default="none",
+                        help="producer compression of the events topic; Faust's aiokafka "
+                             "needs the `lz4` package to read lz4 (Driftline's default)")
     parser.add_argument("--timeout", type=float, default=1800, help="per measured phase, seconds")
     parser.add_argument("--only", nargs="+", choices=["driftline", "faust", "quix"],
                         default=["driftline", "faust", "quix"])
@@ -325,12 +335,13 @@ def main() -> None:
         t = time.perf_counter()
         messages = source.encoded(args.events)
         encode_s = time.perf_counter() - t
-        produce_s, ends = produce_all(settings, messages)
+        produce_s, ends = produce_all(settings, messages, args.compression)
         del messages
         assert sum(ends.values()) == args.events, ends
         notes.append(f"Produced {args.events:,} events ({args.entities:,} entities, "
                      f"{args.partitions} partitions): {args.events / produce_s:,.0f} events/s "
-                     f"(confluent-kafka, acks=all, lz4, pre-encoded; demo generation + Avro "
+                     f"(confluent-kafka, acks=all, "
+                     f"compression {args.compression}, pre-encoded; demo generation + Avro "
                      f"encoding took another {encode_s:.1f} s). Not part of the comparison.")
         print(notes[-1], flush=True)
         client = redis.Redis.from_url(settings.redis_url_or_fail)
@@ -389,9 +400,11 @@ def measure_driftline(settings: Settings, args: argparse.Namespace, run_dir: Pat
         rate = args.events / (done_at - assigned_at)
         print(f"driftline: {rate:,.0f} events/s ({done_at - assigned_at:.1f} s)", flush=True)
         latency = "not measured"
-        if args.latency_rate > 0:
-            lat = latency_phase(settings, source, args.latency_events, args.latency_rate,
-                                client, proc, args.poll_ms / 1000)
+        latency_rate = min(20_000, round(rate / 2, -2)) if args.latency_rate is None \
+            else args.latency_rate
+        if latency_rate > 0:
+            lat = latency_phase(settings, source, args.latency_events, latency_rate,
+                                client, proc, args.poll_ms / 1000, args.compression)
             latency = (f"{lat['exact_p50'] * 1000:,.0f} / {lat['exact_p99'] * 1000:,.0f} ms "
                        f"(histogram estimate {lat['hist_p50'] * 1000:,.0f} / "
                        f"{lat['hist_p99'] * 1000:,.0f} ms)")

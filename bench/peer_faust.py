@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--datadir", required=True)
     args = parser.parse_args()
     app = build_app(args)
-    worker = faust.Worker(app, loglevel="WARNING", quiet=True, override_logging=False)
+    worker = faust.Worker(app, loglevel="WARNING", quiet=True)
     worker.execute_from_commandline()
 
 

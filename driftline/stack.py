@@ -53,6 +53,15 @@ def start_servers(settings: Settings) -> Stack:
     return stack
 
 
+def _get_json(url: str) -> dict:
+    """GET a JSON body, also from a 503 (a service that is up but not yet serving)."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read())
+
+
 def wait_healthy(url: str, proc: ManagedProcess, timeout: float,
                  ready: Callable[[dict], bool] = lambda body: True) -> dict:
     """Poll a JSON health endpoint until it answers 200 and `ready(body)` holds."""
@@ -63,12 +72,11 @@ def wait_healthy(url: str, proc: ManagedProcess, timeout: float,
             raise ServerStartError(f"{proc.name} exited with code {proc.proc.returncode}:\n"
                                    f"{proc.log_tail(40)}")
         try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                body = json.loads(resp.read())
-                if ready(body):
-                    return body
-                last = json.dumps(body)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+            body = _get_json(url)
+            if ready(body):
+                return body
+            last = json.dumps(body)
+        except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
             last = str(exc)
         time.sleep(0.2)
     raise ServerStartError(f"{proc.name} not ready at {url} within {timeout:.0f}s ({last}):\n"
@@ -88,6 +96,19 @@ def start_worker(stack: Stack, timeout: float = 60.0) -> ManagedProcess:
     return proc
 
 
+def start_scorer(stack: Stack, timeout: float = 60.0) -> ManagedProcess:
+    settings = stack.settings
+    port = devstack.free_port() if settings.scorer_port == 0 else settings.scorer_port
+    env = devstack.child_env(settings.replace(scorer_port=port).to_env())
+    proc = devstack.spawn("scorer", devstack.python_argv("serve"), settings.data_dir / "logs",
+                          f"http://{settings.scorer_host}:{port}", env=env)
+    stack.processes.append(proc)
+    wait_healthy(f"{proc.address}/health", proc, timeout,
+                 ready=lambda body: bool(body["stream"]["assigned_partitions"]))
+    stack.endpoints.append(("scorer", f"{proc.address} (/predict /health /openapi.json)"))
+    return proc
+
+
 def run_dev(settings: Settings, with_services: bool = True, out=print) -> int:
     stack = start_servers(settings)
     stopping = []
@@ -102,6 +123,7 @@ def run_dev(settings: Settings, with_services: bool = True, out=print) -> int:
         stack.endpoints.append(("topics", ", ".join(sorted(created))))
         if with_services:
             start_worker(stack)
+            start_scorer(stack)
         for name, address in stack.endpoints:
             out(f"{name:<8} {address}")
         out("ready", flush=True)

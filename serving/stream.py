@@ -35,6 +35,9 @@ class ScoringPipeline:
         self.predictions_topic = predictions_topic
         self.scored = 0
 
+    def stats(self) -> dict[str, int]:
+        return {"predictions": self.scored, "dead_letters": self.dead_letters.sent}
+
     def on_assign(self, partitions: Sequence[int]) -> dict[int, int]:
         return {}  # stateless: resume from the committed offsets
 

@@ -123,7 +123,7 @@ def _pids_with(argument: str) -> list[int]:
 def test_dev_command_is_ready_fast_and_leaves_nothing_behind(tmp_path, stop_signal):
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLINE_")}
     env.update({"DRIFTLINE_DATA_DIR": str(tmp_path / "data"), "DRIFTLINE_PARTITIONS": "2",
-                "DRIFTLINE_WORKER_PORT": "0"})
+                "DRIFTLINE_WORKER_PORT": "0", "DRIFTLINE_SCORER_PORT": "0"})
     started = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "driftline.cli", "dev"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -137,7 +137,7 @@ def test_dev_command_is_ready_fast_and_leaves_nothing_behind(tmp_path, stop_sign
         assert lines and lines[-1] == "ready", "\n".join(lines)
         assert elapsed < 20, f"ready after {elapsed:.1f}s"
         endpoints = dict(line.split(None, 1) for line in lines if line.split(None, 1)[0]
-                         in ("kafka", "redis", "worker"))
+                         in ("kafka", "redis", "worker", "scorer"))
         bootstrap = endpoints["kafka"]
         port = bootstrap.rsplit(":", 1)[1]
         topics = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics
@@ -145,6 +145,7 @@ def test_dev_command_is_ready_fast_and_leaves_nothing_behind(tmp_path, stop_sign
                 "driftline.labels", "driftline.drift", "driftline.models",
                 "driftline.dlq"} <= set(topics)
         assert get_json(endpoints["worker"].split()[0] + "/health")["status"] == "ok"
+        assert "scorer" in endpoints, "the scorer service is part of the dev stack"
         assert _pids_with(f"tcp://127.0.0.1:{port}"), "broker process not found"
     finally:
         proc.send_signal(stop_signal)
@@ -156,6 +157,7 @@ def test_dev_command_is_ready_fast_and_leaves_nothing_behind(tmp_path, stop_sign
     wait_for(lambda: not _pids_with(redis_port) or all(
         b"redis-server" not in open(f"/proc/{p}/cmdline", "rb").read()
         for p in _pids_with(redis_port)), timeout=10, what="redis gone")
-    worker_port = endpoints["worker"].split()[0].rsplit(":", 1)[1]
-    with pytest.raises(OSError):
-        urllib.request.urlopen(f"http://127.0.0.1:{worker_port}/health", timeout=2)
+    for service in ("worker", "scorer"):
+        port = endpoints[service].split()[0].rsplit(":", 1)[1]
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
