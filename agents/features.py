@@ -25,8 +25,8 @@ import numpy as np
 import redis
 
 from driftline.agents.ingest import PartitionBatch
+from driftline.codec.feature_records import FeatureRecordEncoder
 from driftline.codec.schema_set import SchemaSet
-from driftline.codec.single_object import encode
 from driftline.dlq import DeadLetterSink
 from driftline.features import EventBatch, FeatureEngine, FeatureView
 from driftline.kafka import CheckedProducer
@@ -42,7 +42,6 @@ from driftline.online_store import RedisOnlineStore
 
 log = logging.getLogger(__name__)
 
-FEATURE_SCHEMA = "driftline.FeatureRecord"
 # The state log is compacted into one snapshot after this many deltas.
 COMPACT_EVERY = 200
 
@@ -96,6 +95,7 @@ class FeatureStage:
         self.schemas = schemas
         self.engines: dict[tuple[str, int], FeatureEngine] = {}
         self.deltas: dict[tuple[str, int], int] = {}
+        self.encoders: dict[str, FeatureRecordEncoder] = {}
         self.rows = 0  # feature rows committed (per view), for /health
         self.late = 0
 
@@ -137,32 +137,35 @@ class FeatureStage:
 
     # -- processing --------------------------------------------------------------------------
     def process(self, batches: Sequence[PartitionBatch]) -> None:
-        for batch in batches:
-            if batch.records:
-                self._process_partition(batch)
-
-    def _process_partition(self, batch: PartitionBatch) -> None:
-        p = batch.partition
-        offsets = np.asarray(batch.offsets, dtype=np.int64)
+        """All partitions of one consumed batch, committed by one Redis transaction."""
         start = time.perf_counter()
-        self.offline.write(self.offline.events_dir(self.topic), p, _event_columns(batch))
         pipe = self.client.pipeline(transaction=True)
-        self._pending_rows = self._pending_late = 0
-        for view in self.views:
-            self._process_view(view, batch, offsets, pipe)
-        pipe.hset(self.state.offsets_key, str(p), int(offsets[-1]) + 1)
+        rows = late = 0
+        for batch in batches:
+            if not batch.records:
+                continue
+            offsets = np.asarray(batch.offsets, dtype=np.int64)
+            self.offline.write(self.offline.events_dir(self.topic), batch.partition,
+                               _event_columns(batch))
+            for view in self.views:
+                applied = self._process_view(view, batch, offsets, pipe)
+                rows += applied
+                late += len(batch.records) - applied
+            pipe.hset(self.state.offsets_key, str(batch.partition), int(offsets[-1]) + 1)
         self.producer.flush_or_raise()
-        pipe.execute()
-        self.rows += self._pending_rows
-        self.late += self._pending_late
-        self._pending_rows = self._pending_late = 0
+        pipe.execute()  # the commit point
+        self.rows += rows
+        self.late += late
         now_ms = time.time() * 1000
-        for t in batch.append_times_ms:
-            EVENT_TO_STORE_SECONDS.observe(max(now_ms - t, 0) / 1000)
+        appended = np.concatenate([np.asarray(b.append_times_ms, dtype=np.float64)
+                                   for b in batches])
+        EVENT_TO_STORE_SECONDS.observe_many(np.maximum(now_ms - appended, 0) / 1000)
         BATCH_SECONDS.labels("features").observe(time.perf_counter() - start)
 
     def _process_view(self, view: FeatureView, batch: PartitionBatch, offsets: np.ndarray,
-                      pipe: redis.client.Pipeline) -> None:
+                      pipe: redis.client.Pipeline) -> int:
+        """Compute, archive and produce one view's rows; queue its Redis writes on `pipe`.
+        Returns the number of events applied."""
         key = (view.name, batch.partition)
         engine = self.engines.get(key)
         if engine is None:  # no assignment callback yet (e.g. manual assignment in tests)
@@ -177,8 +180,6 @@ class FeatureStage:
                                    f"(allowed lateness {view.source.allowed_lateness_ms} ms)")
         LATE_EVENTS.labels(view.name).inc(int((~result.applied).sum()))
         applied = np.flatnonzero(result.applied)
-        self._pending_rows += len(applied)
-        self._pending_late += len(batch.records) - len(applied)
         FEATURE_ROWS.labels(view.name).inc(len(applied))
         STATE_ROWS.labels(view.name).set(engine.state_rows)
         self.offline.write(self.offline.features_dir(view.name), batch.partition,
@@ -188,6 +189,7 @@ class FeatureStage:
                           result.online_entity.tolist(), result.online_values,
                           result.online_event_time_ms.tolist())
         self._append_state(pipe, key, engine, result.state_delta)
+        return len(applied)
 
     def _append_state(self, pipe, key, engine: FeatureEngine, delta) -> None:
         log_key = self.state.log_key(*key)
@@ -201,25 +203,21 @@ class FeatureStage:
 
     def _produce(self, view: FeatureView, batch: PartitionBatch, values: np.ndarray,
                  applied: np.ndarray) -> None:
-        names = view.feature_names
-        time_field = view.source.event_time_field
-        key_field = view.entity.key
-        for i in applied.tolist():
-            record = batch.records[i]
-            row = values[i]
-            message = {
-                "event_id": record["event_id"],
-                "entity_id": record[key_field],
-                "event_time": record[time_field],
-                "view": view.name,
-                "view_version": view.version,
-                "values": dict(zip(names, _nullable(row), strict=True)),
-                "slices": {s: str(record[s]) for s in view.slices},
-            }
-            self.producer.produce(self.features_topic, encode(FEATURE_SCHEMA, message,
-                                                              self.schemas),
-                                  key=str(record[key_field]).encode())
-            self.producer.poll(0)
+        encoder = self.encoders.get(view.name)
+        if encoder is None:
+            encoder = self.encoders[view.name] = FeatureRecordEncoder(
+                view.name, view.version, view.feature_names, view.slices, self.schemas)
+        records = [batch.records[i] for i in applied.tolist()]
+        key_field, time_field = view.entity.key, view.source.event_time_field
+        entities = [str(r[key_field]) for r in records]
+        messages = encoder.encode_batch(
+            [r["event_id"] for r in records], entities, [r[time_field] for r in records],
+            values[applied], [[str(r[s]) for r in records] for s in view.slices])
+        produce, topic = self.producer.produce, self.features_topic
+        for n, (message, entity) in enumerate(zip(messages, entities, strict=True)):
+            produce(topic, message, key=entity.encode())
+            if n % 5000 == 4999:
+                self.producer.poll(0)  # serve delivery reports before the queue fills
 
 
 def _event_columns(batch: PartitionBatch) -> dict[str, list]:
@@ -247,7 +245,3 @@ def _feature_columns(view: FeatureView, batch: PartitionBatch, offsets: np.ndarr
     for j, name in enumerate(view.feature_names):
         columns[name] = values[applied, j]
     return columns
-
-
-def _nullable(row: np.ndarray) -> list[float | None]:
-    return [None if v != v else v for v in row.tolist()]

@@ -437,7 +437,9 @@ def main() -> int:
     report = [f"# Scoring benchmark, {dt.date.today().isoformat()}", "",
               f"Host: {platform.node()}, {os.cpu_count()} cores, Python "
               f"{platform.python_version()}, onnxruntime {ort.__version__}. Command: "
-              f"`{' '.join(['python', *sys.argv])}`.", ""]
+              f"`{' '.join(['python', *sys.argv])}`. Load average at start "
+              f"{os.getloadavg()[0]:.2f} (the machine is shared: read ratios, not absolutes).",
+              ""]
 
     print(f"training on {args.train_events:,} demo events ...", flush=True)
     model, onnx_bytes, data = train(view, args.train_events, args.seed)

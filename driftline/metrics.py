@@ -6,7 +6,20 @@ series count stays small however many entities flow through.
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import HistogramMetricFamily
 
 MESSAGES_CONSUMED = Counter(
     "driftline_messages_consumed_total", "Kafka messages read, by topic", ["topic"])
@@ -30,9 +43,44 @@ LATE_EVENTS = Counter(
     ["view"])
 STATE_ROWS = Gauge(
     "driftline_state_rows", "Window-state rows held in memory, by view", ["view"])
-EVENT_TO_STORE_SECONDS = Histogram(
+class BulkHistogram:
+    """A Prometheus histogram fed a whole batch at once (``observe_many``).
+
+    prometheus_client's ``observe`` costs ~2 us a call, as much as computing a feature row;
+    here a batch is one ``searchsorted`` and one ``bincount``. Exposed like any histogram.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float],
+                 registry: CollectorRegistry = REGISTRY) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = np.asarray(buckets, dtype=np.float64)
+        self.counts = np.zeros(len(buckets) + 1, dtype=np.int64)  # last: +Inf
+        self.total = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, values: np.ndarray) -> None:
+        values = np.asarray(values, dtype=np.float64)
+        slots = np.searchsorted(self.bounds, values, side="left")
+        counts = np.bincount(slots, minlength=len(self.counts))
+        with self._lock:
+            self.counts += counts
+            self.total += float(values.sum())
+
+    def collect(self):
+        with self._lock:
+            cumulative = np.cumsum(self.counts)
+            total = self.total
+        family = HistogramMetricFamily(self.name, self.documentation)
+        labels = [repr(float(b)) for b in self.bounds] + ["+Inf"]
+        family.add_metric([], list(zip(labels, cumulative.tolist(), strict=True)), total)
+        yield family
+
+
+EVENT_TO_STORE_SECONDS = BulkHistogram(
     "driftline_event_to_store_seconds",
-    "From the event's Kafka append time to its features being written to Redis",
+    "From the event's Kafka append time to its features being committed to Redis",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 PREDICTIONS = Counter(
     "driftline_predictions_total", "Predictions produced, by model and version",
