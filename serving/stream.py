@@ -1,7 +1,9 @@
 """The stream scorer: ``driftline.features`` in batches, one prediction per record out.
 
-Each batch is scored by the single model the holder serves when the batch starts, so a hot swap
-falls between batches: no record is scored twice or by two versions. Undecodable records and
+Records as the feature worker writes them take a fast path (``FeatureRecordReader``: straight
+into the model's matrix; the prediction reuses the record's bytes); anything else is decoded and
+validated one by one. Each batch is scored by the single model the holder serves when the batch
+starts, so a hot swap falls between batches: no record is scored twice or by two versions. Undecodable records and
 records of another view version go to the DLQ with the reason. With no servable model the batch
 fails and the batch loop retries it after a back-off, so nothing is dropped while a model is
 missing. Predictions are flushed before the loop commits the offsets.
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 from confluent_kafka import Message
 
 from driftline.codec.decoder import Decoder
+from driftline.codec.feature_records import FeatureRecordReader, PredictionWriter
 from driftline.codec.single_object import encode
 from driftline.dlq import DeadLetterSink
 from driftline.kafka import CheckedProducer
@@ -34,6 +37,7 @@ class ScoringPipeline:
         self.dead_letters = dead_letters
         self.predictions_topic = predictions_topic
         self.scored = 0
+        self._codecs = None
 
     def stats(self) -> dict[str, int]:
         return {"predictions": self.scored, "dead_letters": self.dead_letters.sent}
@@ -44,24 +48,50 @@ class ScoringPipeline:
     def on_revoke(self, partitions: Sequence[int]) -> None:
         pass
 
+    def _codec(self, model) -> tuple[FeatureRecordReader, PredictionWriter]:
+        key = (model.name, model.version)
+        if self._codecs is None or self._codecs[0] != key:
+            meta = model.meta
+            self._codecs = (key, (
+                FeatureRecordReader(meta.view, meta.view_version, model.inputs,
+                                    self.decoder.schemas),
+                PredictionWriter(model.name, model.version, meta.view, meta.view_version,
+                                 model.threshold, self.decoder.schemas)))
+        return self._codecs[1]
+
     def process(self, messages: Sequence[Message]) -> None:
         start = time.perf_counter()
         model = self.holder.get()  # raises ModelUnavailable -> retried, nothing dropped
+        reader, writer = self._codec(model)
+        values = [m.value() or b"" for m in messages]
+        fast = reader.read(values)
+        produce, topic = self.producer.produce, self.predictions_topic
+        if fast.index:
+            predictions = writer.write(fast, model.score(fast.matrix))
+            for i, prediction in zip(fast.index, predictions, strict=True):
+                produce(topic, prediction, key=messages[i].key())
+        n = len(fast.index) + self._process_generic(model, [messages[i] for i in fast.others])
+        self.producer.flush_or_raise()
+        RECORDS_DECODED.labels(messages[0].topic()).inc(len(messages))
+        PREDICTIONS.labels(model.name, str(model.version)).inc(n)
+        self.scored += n
+        BATCH_SECONDS.labels("scoring").observe(time.perf_counter() - start)
+
+    def _process_generic(self, model, messages: Sequence[Message]) -> int:
+        """Records the fast reader left: decode and validate each, dead-letter what fails."""
+        if not messages:
+            return 0
         records, failures = self.decoder.decode_many([m.value() or b"" for m in messages])
         failed = {i for i, _ in failures}
         for i, error in failures:
             self.dead_letters.send(messages[i], error.reason, error.detail)
         good = [m for i, m in enumerate(messages) if i not in failed]
-        RECORDS_DECODED.labels(messages[0].topic()).inc(len(records))
         scored = score_records(model, records)
         for i, detail in scored.refused:
             self.dead_letters.send(good[i], "view_mismatch", detail)
         schemas = self.decoder.schemas
-        topic = self.predictions_topic
-        produce = self.producer.produce
         for prediction, i in zip(scored.predictions, scored.positions, strict=True):
-            produce(topic, encode(PREDICTION_SCHEMA, prediction, schemas), key=good[i].key())
-        self.producer.flush_or_raise()
-        PREDICTIONS.labels(model.name, str(model.version)).inc(len(scored.predictions))
-        self.scored += len(scored.predictions)
-        BATCH_SECONDS.labels("scoring").observe(time.perf_counter() - start)
+            self.producer.produce(self.predictions_topic,
+                                  encode(PREDICTION_SCHEMA, prediction, schemas),
+                                  key=good[i].key())
+        return len(scored.predictions)

@@ -13,6 +13,7 @@ Avro binary, for reference: long = zig-zag varint; string = long length + UTF-8;
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -136,4 +137,149 @@ class FeatureRecordEncoder:
                     parts.append(string(value))
             parts.append(b"\x00")
             out.append(b"".join(parts))
+        return out
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """An Avro ``long`` at `pos`: (value, next position)."""
+    shift = result = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return (result >> 1) ^ -(result & 1), pos
+        shift += 7
+
+
+def _map_of_strings_end(data: bytes, pos: int) -> int:
+    """Where an Avro map of strings starting at `pos` ends (ValueError if malformed)."""
+    while True:
+        count, pos = _read_varint(data, pos)
+        if count == 0:
+            return pos
+        if count < 0:  # a block with its byte size (allowed by the spec)
+            count = -count
+            _, pos = _read_varint(data, pos)
+        for _ in range(2 * count):
+            n, pos = _read_varint(data, pos)
+            if n < 0:
+                raise ValueError("negative string length")
+            pos += n
+        if pos > len(data):
+            raise ValueError("truncated map")
+
+
+@dataclass
+class FastBatch:
+    """Feature records read by the fast path, with their raw pieces for re-encoding."""
+
+    index: list[int] = field(default_factory=list)  # position in the input batch
+    heads: list[bytes] = field(default_factory=list)  # event_id, entity_id, event_time bytes
+    slices: list[bytes] = field(default_factory=list)  # the encoded slices map
+    values: list[bytes] = field(default_factory=list)  # the encoded values map
+    matrix: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    others: list[int] = field(default_factory=list)  # left for the generic decoder
+
+
+class FeatureRecordReader:
+    """Reads feature records of one view version straight into a matrix.
+
+    Records laid out exactly as :class:`FeatureRecordEncoder` writes them with no null value
+    (every record in steady state) take the fast path: a few slices per record and one numpy
+    view for the doubles. Anything else — another view or version, a null, another map order,
+    another writer schema — is left to the generic, validating decoder (``others``).
+    """
+
+    def __init__(self, view: str, view_version: str, feature_names: Sequence[str],
+                 schemas: SchemaSet | None = None) -> None:
+        encoder = FeatureRecordEncoder(view, view_version, feature_names, (), schemas)
+        self.header = encoder.header
+        self.view_part = encoder.view_part
+        self.n = encoder.n
+        self.block = encoder.values_count + encoder.template.tobytes() + b"\x00"
+        constant = np.ones(len(self.block), dtype=bool)
+        start = len(encoder.values_count)
+        for offset in encoder.offsets:
+            constant[start + offset:start + offset + 8] = False
+        self.constant = constant
+        self.double_at = np.array([start + o for o in encoder.offsets])
+
+    def read(self, messages: Sequence[bytes]) -> FastBatch:
+        out = FastBatch()
+        header, view_part, size = self.header, self.view_part, len(self.block)
+        blocks = []
+        for i, data in enumerate(messages):
+            try:
+                if data[:10] != header:
+                    raise ValueError
+                n, pos = _read_varint(data, 10)
+                n, pos = _read_varint(data, pos + n)
+                _, pos = _read_varint(data, pos + n)
+                head_end = pos
+                if data[pos:pos + len(view_part)] != view_part:
+                    raise ValueError
+                pos += len(view_part)
+                block = data[pos:pos + size]
+                if len(block) != size or _map_of_strings_end(data, pos + size) != len(data):
+                    raise ValueError
+            except (ValueError, IndexError):
+                out.others.append(i)
+                continue
+            out.index.append(i)
+            out.heads.append(data[10:head_end])
+            blocks.append(block)
+            out.slices.append(data[pos + size:])
+        if not blocks:
+            out.matrix = np.zeros((0, self.n))
+            return out
+        raw = np.frombuffer(b"".join(blocks), dtype=np.uint8).reshape(len(blocks), size)
+        template = np.frombuffer(self.block, dtype=np.uint8)
+        fits = (raw[:, self.constant] == template[self.constant]).all(axis=1)
+        if not fits.all():
+            misfits = [out.index[k] for k in np.flatnonzero(~fits)]
+            keep = np.flatnonzero(fits).tolist()
+            out.index = [out.index[k] for k in keep]
+            out.heads = [out.heads[k] for k in keep]
+            out.slices = [out.slices[k] for k in keep]
+            blocks = [blocks[k] for k in keep]
+            raw = raw[fits]
+            out.others = sorted(out.others + misfits)
+        columns = raw[:, self.double_at[:, None] + np.arange(8)[None, :]]  # (rows, n, 8)
+        out.matrix = np.ascontiguousarray(columns).view("<f8").reshape(len(raw), self.n)
+        out.values = blocks
+        return out
+
+
+class PredictionWriter:
+    """Single-object ``driftline.Prediction`` messages from a :class:`FastBatch` and scores.
+
+    A prediction repeats its record's identity, slices and inputs; those bytes are copied from
+    the record rather than decoded and encoded again (the inputs map is the record's values
+    map, byte for byte, since the model's inputs are the view's features in view order).
+    """
+
+    def __init__(self, model_name: str, model_version: int, view: str, view_version: str,
+                 threshold: float, schemas: SchemaSet | None = None) -> None:
+        schema = (schemas or default_schema_set()).get("driftline.Prediction")
+        order = [f["name"] for f in schema.declared["fields"]]
+        expected = ["event_id", "entity_id", "event_time", "score", "decision", "threshold",
+                    "model_name", "model_version", "view", "view_version", "slices", "inputs"]
+        if order != expected:
+            raise ValueError(f"driftline.Prediction fields are {order}, expected {expected}")
+        self.header = header(schema)
+        self.threshold = threshold
+        self.threshold_bytes = np.float64(threshold).astype("<f8").tobytes()
+        self.model_part = (avro_string(model_name) + zigzag_varint(model_version)
+                           + avro_string(view) + avro_string(view_version))
+
+    def write(self, batch: FastBatch, scores: np.ndarray) -> list[bytes]:
+        score_bytes = np.ascontiguousarray(scores, dtype="<f8").tobytes()
+        decisions = (scores >= self.threshold).tolist()
+        head, tail = self.header, self.threshold_bytes + self.model_part
+        out = []
+        for k, (record_head, slices, values, decision) in enumerate(
+                zip(batch.heads, batch.slices, batch.values, decisions, strict=True)):
+            out.append(b"".join((head, record_head, score_bytes[8 * k:8 * k + 8],
+                                 b"\x01" if decision else b"\x00", tail, slices, values)))
         return out

@@ -58,3 +58,51 @@ def test_vectorised_varints_equal_the_scalar_ones():
         np.array([(1 << k) + d for k in range(1, 62) for d in (-1, 0, 1)]),
     ]).astype(np.int64)
     assert zigzag_varints(values) == [zigzag_varint(int(v)) for v in values]
+
+
+def _records(n, seed=0, nulls=0.0):
+    rng = np.random.default_rng(seed)
+    values = rng.gamma(2.0, 50.0, size=(n, len(NAMES)))
+    values[rng.random((n, len(NAMES))) < nulls] = np.nan
+    ids = [f"ev-{i}" for i in range(n)]
+    entities = [f"card-{i % 7}" for i in range(n)]
+    times = (1_700_000_000_000 + rng.integers(0, 10**9, size=n)).tolist()
+    slices = [[f"seg-{i % 3}" for i in range(n)], ["pos"] * n]
+    return ids, entities, times, values, slices
+
+
+def test_reader_takes_the_fast_path_and_leaves_everything_else_to_the_generic_decoder():
+    from driftline.codec.feature_records import FeatureRecordReader
+
+    encoder = FeatureRecordEncoder("v", "0123456789ab", NAMES, ("segment", "channel"))
+    ids, entities, times, values, slices = _records(200, nulls=0.02)
+    messages = encoder.encode_batch(ids, entities, times, values, slices)
+    other_version = FeatureRecordEncoder("v", "ffffffffffff", NAMES, ("segment",)).encode_batch(
+        ["x"], ["card-x"], [1], values[:1], [["s"]])
+    truncated = messages[5][:-3]
+    batch = [*messages, other_version[0], truncated, b"garbage"]
+    fast = FeatureRecordReader("v", "0123456789ab", NAMES).read(batch)
+    has_null = np.isnan(values).any(axis=1)
+    assert fast.index == np.flatnonzero(~has_null).tolist()
+    assert fast.others == sorted(np.flatnonzero(has_null).tolist() + [200, 201, 202])
+    np.testing.assert_array_equal(fast.matrix, values[~has_null])
+
+
+def test_predictions_written_from_raw_pieces_equal_the_generic_encoding():
+    from driftline.codec.feature_records import FeatureRecordReader, PredictionWriter
+
+    encoder = FeatureRecordEncoder("v", "0123456789ab", NAMES, ("segment", "channel"))
+    ids, entities, times, values, slices = _records(50, seed=4)
+    fast = FeatureRecordReader("v", "0123456789ab", NAMES).read(
+        encoder.encode_batch(ids, entities, times, values, slices))
+    scores = np.linspace(0, 1, 50)
+    written = PredictionWriter("fraud", 3, "v", "0123456789ab", 0.5).write(fast, scores)
+    for i, message in enumerate(written):
+        expected = encode("driftline.Prediction", {
+            "event_id": ids[i], "entity_id": entities[i], "event_time": times[i],
+            "score": float(scores[i]), "decision": bool(scores[i] >= 0.5), "threshold": 0.5,
+            "model_name": "fraud", "model_version": 3, "view": "v",
+            "view_version": "0123456789ab",
+            "slices": {"segment": slices[0][i], "channel": slices[1][i]},
+            "inputs": dict(zip(NAMES, values[i].tolist(), strict=True))})
+        assert message == expected, f"prediction {i}"
