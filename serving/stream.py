@@ -3,10 +3,10 @@
 Records as the feature worker writes them take a fast path (``FeatureRecordReader``: straight
 into the model's matrix; the prediction reuses the record's bytes); anything else is decoded and
 validated one by one. Each batch is scored by the single model the holder serves when the batch
-starts, so a hot swap falls between batches: no record is scored twice or by two versions. Undecodable records and
-records of another view version go to the DLQ with the reason. With no servable model the batch
-fails and the batch loop retries it after a back-off, so nothing is dropped while a model is
-missing. Predictions are flushed before the loop commits the offsets.
+starts, so a hot swap falls between batches: no record is scored twice or by two versions.
+Undecodable records and records of another view version go to the DLQ with the reason. With no
+servable model the batch fails and the batch loop retries it after a back-off, so nothing is
+dropped while a model is missing. Predictions are flushed before the loop commits the offsets.
 """
 
 from __future__ import annotations
