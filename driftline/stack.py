@@ -83,29 +83,49 @@ def wait_healthy(url: str, proc: ManagedProcess, timeout: float,
                            f"{proc.log_tail(40)}")
 
 
-def start_worker(stack: Stack, timeout: float = 60.0) -> ManagedProcess:
-    settings = stack.settings
-    port = devstack.free_port() if settings.worker_port == 0 else settings.worker_port
-    env = devstack.child_env(settings.replace(worker_port=port).to_env())
-    proc = devstack.spawn("worker", devstack.python_argv("worker"), settings.data_dir / "logs",
-                          f"http://{settings.worker_host}:{port}", env=env)
-    stack.processes.append(proc)
-    wait_healthy(f"{proc.address}/health", proc, timeout,
-                 ready=lambda body: body.get("status") == "ok" and body["assigned_partitions"])
-    stack.endpoints.append(("worker", f"{proc.address} (/health /metrics)"))
+def start_service(settings: Settings, service: str, log_dir, timeout: float = 60.0,
+                  name: str | None = None) -> ManagedProcess:
+    """Start `driftline worker` or `driftline serve` and wait until it consumes its topic.
+
+    A port of 0 in the settings means: pick a free one. `name` names the log file.
+    """
+    command, role = SERVICES[service]
+    host, port = getattr(settings, f"{role}_host"), getattr(settings, f"{role}_port")
+    port = port or devstack.free_port()
+    env = devstack.child_env(settings.replace(**{f"{role}_port": port}).to_env())
+    proc = devstack.spawn(name or service, devstack.python_argv(command), log_dir,
+                          f"http://{host}:{port}", env=env)
+    try:
+        wait_healthy(f"{proc.address}/health", proc, timeout, ready=_consuming)
+    except BaseException:
+        proc.stop()
+        raise
     return proc
 
 
-def start_scorer(stack: Stack, timeout: float = 60.0) -> ManagedProcess:
-    settings = stack.settings
-    port = devstack.free_port() if settings.scorer_port == 0 else settings.scorer_port
-    env = devstack.child_env(settings.replace(scorer_port=port).to_env())
-    proc = devstack.spawn("scorer", devstack.python_argv("serve"), settings.data_dir / "logs",
-                          f"http://{settings.scorer_host}:{port}", env=env)
+# service name -> (driftline subcommand, settings prefix of its host and port)
+SERVICES = {"worker": ("worker", "worker"), "scorer": ("serve", "scorer")}
+ENDPOINTS = {"worker": "(/health /metrics)", "scorer": "(/predict /health /openapi.json)"}
+
+
+def _consuming(body: dict) -> bool:
+    """Ready once the service's batch loop has partitions (a scorer may still await a model)."""
+    stream = body.get("stream", body)
+    return stream.get("status") == "ok" and bool(stream["assigned_partitions"])
+
+
+def start_worker(stack: Stack) -> ManagedProcess:
+    return _start(stack, "worker")
+
+
+def start_scorer(stack: Stack) -> ManagedProcess:
+    return _start(stack, "scorer")
+
+
+def _start(stack: Stack, name: str) -> ManagedProcess:
+    proc = start_service(stack.settings, name, stack.settings.data_dir / "logs")
     stack.processes.append(proc)
-    wait_healthy(f"{proc.address}/health", proc, timeout,
-                 ready=lambda body: bool(body["stream"]["assigned_partitions"]))
-    stack.endpoints.append(("scorer", f"{proc.address} (/predict /health /openapi.json)"))
+    stack.endpoints.append((name, f"{proc.address} {ENDPOINTS[name]}"))
     return proc
 
 

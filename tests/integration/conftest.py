@@ -66,18 +66,9 @@ def repo_root() -> Path:
 
 def start_worker_process(settings: Settings, log_dir: Path, name: str = "worker"):
     """`driftline worker` as a child process, returned once it has partitions assigned."""
-    from driftline.stack import wait_healthy
+    from driftline.stack import start_service
 
-    env = devstack.child_env(settings.to_env())
-    proc = devstack.spawn(name, devstack.python_argv("worker"), log_dir,
-                          f"http://127.0.0.1:{settings.worker_port}", env=env)
-    try:
-        wait_healthy(f"{proc.address}/health", proc, 60,
-                     ready=lambda b: b.get("status") == "ok" and b["assigned_partitions"])
-    except BaseException:
-        proc.stop()
-        raise
-    return proc
+    return start_service(settings, "worker", log_dir, name=name)
 
 
 @pytest.fixture
@@ -89,18 +80,9 @@ def worker(settings, tmp_path):
 
 def start_scorer_process(settings: Settings, log_dir: Path, name: str = "scorer"):
     """`driftline serve` as a child process, returned once its stream loop has partitions."""
-    from driftline.stack import wait_healthy
+    from driftline.stack import start_service
 
-    env = devstack.child_env(settings.to_env())
-    proc = devstack.spawn(name, devstack.python_argv("serve"), log_dir,
-                          f"http://127.0.0.1:{settings.scorer_port}", env=env)
-    try:
-        wait_healthy(f"{proc.address}/health", proc, 60,
-                     ready=lambda b: b["stream"]["assigned_partitions"])
-    except BaseException:
-        proc.stop()
-        raise
-    return proc
+    return start_service(settings, "scorer", log_dir, name=name)
 
 
 @pytest.fixture(scope="session")

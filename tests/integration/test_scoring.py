@@ -22,7 +22,7 @@ from driftline.feature_defs import DEFINITIONS_DIR
 from driftline.features import load_definitions
 from driftline.online_store import RedisOnlineStore
 from tests.integration.conftest import start_scorer_process
-from tests.integration.helpers import avro_schema, consume_all, get_json, produce
+from tests.integration.helpers import avro_schema, consume_all, get_json, produce, wait_for
 
 VIEW = load_definitions(DEFINITIONS_DIR).view("transactions_v1")
 NAMES = list(VIEW.feature_names)
@@ -84,6 +84,10 @@ def onnx_scores(settings, version: int, predictions: list[dict]) -> np.ndarray:
     return session.run(["probabilities"], {"features": X})[0][:, 1]
 
 
+def serving_version(scorer) -> int:
+    return get_json(f"{scorer.address}/health")["model"]["model_version"]
+
+
 def post(url: str, body, raw: bytes | None = None) -> tuple[int, dict]:
     data = raw if raw is not None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
@@ -140,10 +144,8 @@ def test_promotion_under_load_switches_cleanly_and_rollback_too(scorer_settings,
     promoted = subprocess.run(devstack.python_argv("models", "promote", "fraud", "2"), env=env,
                               capture_output=True, text=True, timeout=60)
     assert promoted.returncode == 0, promoted.stderr
-    deadline = time.monotonic() + 30
-    while get_json(f"{scorer.address}/health")["model"]["model_version"] != 2:
-        assert time.monotonic() < deadline, "promotion not picked up"
-        time.sleep(0.05)
+    wait_for(lambda: serving_version(scorer) == 2, timeout=30, interval=0.05,
+             what="the promotion to be picked up")
     swapped.set()
     thread.join()
     total = len(sent)
@@ -160,14 +162,11 @@ def test_promotion_under_load_switches_cleanly_and_rollback_too(scorer_settings,
         mine = [p for p in predictions if p["model_version"] == version]
         np.testing.assert_allclose([p["score"] for p in mine], onnx_scores(s, version, mine),
                                    rtol=1e-6, atol=1e-7)
-    assert get_json(f"{scorer.address}/health")["model"]["model_version"] == 2
+    assert serving_version(scorer) == 2
     rolled = subprocess.run(devstack.python_argv("models", "rollback", "fraud"), env=env,
                             capture_output=True, text=True, timeout=60)
     assert rolled.returncode == 0, rolled.stderr
-    deadline = time.monotonic() + 20
-    while get_json(f"{scorer.address}/health")["model"]["model_version"] != 1:
-        assert time.monotonic() < deadline, "rollback not picked up"
-        time.sleep(0.1)
+    wait_for(lambda: serving_version(scorer) == 1, timeout=20, what="the rollback")
 
 
 def test_http_api_scores_refuses_precisely_and_keeps_serving(scorer_settings, scorer,
