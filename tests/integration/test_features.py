@@ -11,6 +11,8 @@ import json
 import os
 import signal
 import subprocess
+import time
+import urllib.request
 import zlib
 
 import numpy as np
@@ -27,7 +29,7 @@ from driftline.feature_defs import DEFINITIONS_DIR
 from driftline.features import load_definitions
 from driftline.offline_store import OfflineStore
 from tests.integration.conftest import start_worker_process
-from tests.integration.helpers import consume_all, wait_for
+from tests.integration.helpers import consume_all, metric_value, wait_for
 from tests.unit.features.feature_oracle import run_oracle
 
 VIEW = load_definitions(DEFINITIONS_DIR).view("transactions_v1")
@@ -91,8 +93,10 @@ def check_everything(settings, client, by_partition, oracle):
     n_entities = 0
     for result in oracle.values():
         for entity, (event_time, values) in result.final_online.items():
-            raw = client.hgetall(f"dl:f:{VIEW.name}:{entity}")
+            key = f"dl:f:{VIEW.name}:{entity}"
+            raw = client.hgetall(key)
             assert raw, f"no online row for {entity}"
+            assert 0 < client.pttl(key) <= settings.redis_ttl_s * 1000, "TTL not applied"
             row = {k.decode(): v.decode() for k, v in raw.items()}
             assert int(row["_event_time"]) == event_time
             assert row["_version"] == VIEW.version
@@ -196,6 +200,35 @@ def test_kill_9_mid_stream_then_restart_changes_no_value(settings, tmp_path):
         check_everything(settings, client, by_partition, oracle)
     finally:
         proc.stop()
+
+
+def test_redis_outage_mid_stream_is_waited_out_without_loss(settings, tmp_path):
+    """Redis goes away mid-stream and comes back (same data): the worker retries with back-off
+    from its last committed state and ends exactly where the oracle says."""
+    redis_dir = tmp_path / "redis"
+    server = devstack.start_redis(redis_dir, persist=True)
+    port = int(server.address.rsplit(":", 1)[1].split("/")[0])
+    settings = settings.replace(redis_url=server.address, batch_size=300)
+    events = make_stream(4000, 600, seed=13)
+    by_partition = produce_stream(settings, events)
+    oracle = expected(by_partition)
+    client = redis.Redis.from_url(settings.redis_url)
+    proc = start_worker_process(settings, tmp_path / "logs")
+    try:
+        wait_for(lambda: sum(committed(client, settings).values()) >= len(events) // 4,
+                 timeout=120, interval=0.02, what="a quarter of the stream")
+        server.stop()  # SIGTERM: Redis flushes its append-only file and exits
+        time.sleep(3)
+        health = json.loads(urllib.request.urlopen(f"{proc.address}/health", timeout=5).read())
+        assert health["status"] == "ok" and health["retrying"], health
+        server = devstack.start_redis(redis_dir, port=port, persist=True)
+        wait_done(client, settings, by_partition)
+        check_everything(settings, client, by_partition, oracle)
+        metrics = urllib.request.urlopen(f"{proc.address}/metrics", timeout=5).read().decode()
+        assert metric_value(metrics, "driftline_batch_failures_total") >= 1
+    finally:
+        proc.stop()
+        server.stop()
 
 
 @pytest.fixture(autouse=True)
