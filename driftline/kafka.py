@@ -61,6 +61,15 @@ class CheckedProducer(Producer):
         self.failures: list[str] = []
         super().__init__({**config, "on_delivery": self._on_delivery})
 
+    def produce(self, *args: Any, **kwargs: Any) -> None:
+        """Like ``Producer.produce``, but waits for room when the local queue is full instead of
+        raising ``BufferError`` (a large batch must not fail for want of queue space)."""
+        while True:
+            try:
+                return super().produce(*args, **kwargs)
+            except BufferError:
+                self.poll(0.05)
+
     def _on_delivery(self, err, msg) -> None:
         if err is not None:
             self.failures.append(f"{msg.topic()}: {err}")

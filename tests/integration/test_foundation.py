@@ -17,6 +17,7 @@ from confluent_kafka.admin import AdminClient
 
 from driftline.codec.single_object import encode
 from driftline.kafka import create_topics
+from tests.avro_spec import crc64_avro
 from tests.integration.helpers import (
     avro_schema,
     consume_all,
@@ -29,21 +30,6 @@ from tests.integration.helpers import (
 EVENT = {"event_id": "e-1", "entity_id": "card-1", "event_time": 1_700_000_000_000,
          "amount": 12.5, "merchant_id": "m-1", "channel": "pos", "country": "DE",
          "segment": "consumer"}
-
-
-def crc64_avro(data: bytes) -> int:
-    """CRC-64-AVRO as the Avro specification writes it (independent of Driftline's codec)."""
-    empty = 0xC15D213AA4D7A795
-    table = []
-    for i in range(256):
-        fp = i
-        for _ in range(8):
-            fp = (fp >> 1) ^ (empty & -(fp & 1))
-        table.append(fp)
-    fp = empty
-    for byte in data:
-        fp = (fp >> 8) ^ table[(fp ^ byte) & 0xFF]
-    return fp
 
 
 def independent_single_object(record: dict) -> bytes:
@@ -161,3 +147,24 @@ def test_dev_command_is_ready_fast_and_leaves_nothing_behind(tmp_path, stop_sign
         port = endpoints[service].split()[0].rsplit(":", 1)[1]
         with pytest.raises(OSError):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+def test_checked_producer_waits_for_queue_room_and_reports_delivery(settings):
+    from driftline.kafka import make_producer
+
+    producer = make_producer(settings, **{"queue.buffering.max.messages": 5, "linger.ms": 0})
+    for i in range(200):  # a plain Producer raises BufferError at the 6th
+        producer.produce(settings.topic_labels, b"x", key=str(i).encode())
+    producer.flush_or_raise()
+    assert len(consume_all(settings.kafka_bootstrap, settings.topic_labels, 200)) == 200
+
+
+def test_checked_producer_raises_when_deliveries_fail(settings):
+    from driftline.devstack import free_port
+    from driftline.kafka import make_producer
+
+    nobody = settings.replace(kafka_bootstrap=f"127.0.0.1:{free_port()}")  # a broker that is down
+    producer = make_producer(nobody, **{"message.timeout.ms": 1000})
+    producer.produce(settings.topic_labels, b"x")
+    with pytest.raises(RuntimeError, match="1 failed"):
+        producer.flush_or_raise(10)

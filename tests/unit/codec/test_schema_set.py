@@ -10,31 +10,9 @@ from fastavro.schema import to_parsing_canonical_form
 from driftline.codec import SchemaSet, encode
 from driftline.codec.schema_set import compile_schema, strip_logical_types
 from driftline.schemas import SCHEMA_DIR
+from tests.avro_spec import crc64_avro
 
 from .conftest import SAMPLES
-
-EMPTY = 0xC15D213AA4D7A795
-
-
-def _table() -> list[int]:
-    table = []
-    for i in range(256):
-        fp = i
-        for _ in range(8):
-            fp = (fp >> 1) ^ (EMPTY & -(fp & 1))
-        table.append(fp)
-    return table
-
-
-TABLE = _table()
-
-
-def crc64_avro(data: bytes) -> int:
-    """The Avro specification's reference fingerprint algorithm, transcribed."""
-    fp = EMPTY
-    for byte in data:
-        fp = (fp >> 8) ^ TABLE[(fp ^ byte) & 0xFF]
-    return fp
 
 
 def test_reference_crc_matches_the_avro_test_vector_for_null():
