@@ -202,6 +202,37 @@ def test_kill_9_mid_stream_then_restart_changes_no_value(settings, tmp_path):
         proc.stop()
 
 
+def test_a_second_worker_joining_mid_stream_takes_over_partitions_with_their_state(
+        settings, tmp_path):
+    """Rebalance hand-off: partitions move to the new worker with their window state (rebuilt
+    from Redis), so the final values are still exactly the oracle's."""
+    settings = settings.replace(batch_size=200)
+    events = make_stream(6000, 800, seed=17)
+    half = len(events) // 2
+    by_partition = produce_stream(settings, events[:half])
+    client = redis.Redis.from_url(settings.redis_url)
+    first = start_worker_process(settings, tmp_path / "logs", name="worker-1")
+    second = None
+    try:
+        wait_done(client, settings, by_partition)
+        second = start_worker_process(settings.replace(worker_port=devstack.free_port()),
+                                      tmp_path / "logs", name="worker-2")
+        # The second half arrives after the hand-off: both workers need the state of the first.
+        for p, later in produce_stream(settings, events[half:]).items():
+            by_partition[p] += later
+        oracle = expected(by_partition)
+        wait_done(client, settings, by_partition)
+        check_everything(settings, client, by_partition, oracle)
+        health = [json.loads(urllib.request.urlopen(f"{p.address}/health", timeout=5).read())
+                  for p in (first, second)]
+        assert all(h["assigned_partitions"] for h in health), "no rebalance happened"
+        assert all(h["feature_rows"] > 0 for h in health), health
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
 def test_redis_outage_mid_stream_is_waited_out_without_loss(settings, tmp_path):
     """Redis goes away mid-stream and comes back (same data): the worker retries with back-off
     from its last committed state and ends exactly where the oracle says."""
