@@ -104,10 +104,11 @@ class BatchLoop:
         raw = consumer.consume(num_messages=self.batch_size, timeout=self.batch_timeout_s)
         self._measure_lag(consumer)
         messages = [m for m in raw if m.error() is None]
-        for msg in raw:
-            err = msg.error()
-            if err is not None and err.code() != KafkaError._PARTITION_EOF:
-                log.warning("consumer error on %s: %s", self.topic, err)
+        if len(messages) != len(raw):
+            for msg in raw:
+                err = msg.error()
+                if err is not None and err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error on %s: %s", self.topic, err)
         if not messages:
             return
         try:
@@ -174,7 +175,6 @@ class BatchLoop:
 
 
 def _next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
-    last: dict[tuple[str, int], int] = {}
-    for msg in messages:
-        last[(msg.topic(), msg.partition())] = msg.offset()
+    # Offsets grow within a partition, so the last message of each partition wins.
+    last = {(m.topic(), m.partition()): m.offset() for m in messages}
     return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
