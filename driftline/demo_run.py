@@ -19,7 +19,7 @@ from confluent_kafka.admin import AdminClient
 
 from driftline import kafka
 from driftline.settings import Settings
-from driftline.stack import Stack, start_scorer, start_servers, start_worker
+from driftline.stack import Stack, start_servers, start_services
 
 
 def _high_watermarks(bootstrap: str, topic: str) -> int:
@@ -69,8 +69,7 @@ def run_demo(settings: Settings, n_events: int = 20_000, out=print) -> int:
         _, report = train_initial(ModelRegistry(root / "registry"), view, n_events=30_000,
                                   created_at_ms=int(time.time() * 1000))
         out(f"trained: {report.summary()}")
-        worker = start_worker(stack)
-        scorer = start_scorer(stack)
+        worker, scorer = start_services(stack, "worker", "scorer")
         out(f"worker {worker.address}, scorer {scorer.address}")
 
         started = time.monotonic()

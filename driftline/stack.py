@@ -83,24 +83,31 @@ def wait_healthy(url: str, proc: ManagedProcess, timeout: float,
                            f"{proc.log_tail(40)}")
 
 
-def start_service(settings: Settings, service: str, log_dir, timeout: float = 60.0,
-                  name: str | None = None) -> ManagedProcess:
-    """Start `driftline worker` or `driftline serve` and wait until it consumes its topic.
-
-    A port of 0 in the settings means: pick a free one. `name` names the log file.
-    """
+def spawn_service(settings: Settings, service: str, log_dir, name: str | None = None
+                  ) -> ManagedProcess:
+    """Start `driftline worker` or `driftline serve` (a port of 0 means: pick a free one)."""
     command, role = SERVICES[service]
     host, port = getattr(settings, f"{role}_host"), getattr(settings, f"{role}_port")
     port = port or devstack.free_port()
     env = devstack.child_env(settings.replace(**{f"{role}_port": port}).to_env())
-    proc = devstack.spawn(name or service, devstack.python_argv(command), log_dir,
+    return devstack.spawn(name or service, devstack.python_argv(command), log_dir,
                           f"http://{host}:{port}", env=env)
+
+
+def wait_consuming(proc: ManagedProcess, timeout: float = 60.0) -> ManagedProcess:
+    """Wait until a spawned service consumes its topic; stop it if it never does."""
     try:
         wait_healthy(f"{proc.address}/health", proc, timeout, ready=_consuming)
     except BaseException:
         proc.stop()
         raise
     return proc
+
+
+def start_service(settings: Settings, service: str, log_dir, timeout: float = 60.0,
+                  name: str | None = None) -> ManagedProcess:
+    """Spawn a service and wait until it consumes its topic. `name` names the log file."""
+    return wait_consuming(spawn_service(settings, service, log_dir, name), timeout)
 
 
 # service name -> (driftline subcommand, settings prefix of its host and port)
@@ -114,19 +121,15 @@ def _consuming(body: dict) -> bool:
     return stream.get("status") == "ok" and bool(stream["assigned_partitions"])
 
 
-def start_worker(stack: Stack) -> ManagedProcess:
-    return _start(stack, "worker")
-
-
-def start_scorer(stack: Stack) -> ManagedProcess:
-    return _start(stack, "scorer")
-
-
-def _start(stack: Stack, name: str) -> ManagedProcess:
-    proc = start_service(stack.settings, name, stack.settings.data_dir / "logs")
-    stack.processes.append(proc)
-    stack.endpoints.append((name, f"{proc.address} {ENDPOINTS[name]}"))
-    return proc
+def start_services(stack: Stack, *services: str) -> list[ManagedProcess]:
+    """Spawn the services together (their group joins overlap), then wait for each."""
+    procs = [spawn_service(stack.settings, name, stack.settings.data_dir / "logs")
+             for name in services]
+    stack.processes.extend(procs)
+    for name, proc in zip(services, procs, strict=True):
+        wait_consuming(proc)
+        stack.endpoints.append((name, f"{proc.address} {ENDPOINTS[name]}"))
+    return procs
 
 
 def run_dev(settings: Settings, with_services: bool = True, out=print) -> int:
@@ -137,13 +140,14 @@ def run_dev(settings: Settings, with_services: bool = True, out=print) -> int:
         stopping.append(signum)
         raise KeyboardInterrupt
 
+    # Both, explicitly: a shell starting us in the background may have set SIGINT to ignored.
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         created = kafka.create_topics(stack.settings)
         stack.endpoints.append(("topics", ", ".join(sorted(created))))
         if with_services:
-            start_worker(stack)
-            start_scorer(stack)
+            start_services(stack, "worker", "scorer")
         for name, address in stack.endpoints:
             out(f"{name:<8} {address}")
         out("ready", flush=True)
