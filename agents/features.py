@@ -1,17 +1,22 @@
 """The feature stage of the worker: decoded events in, features to Redis, Kafka and Parquet out.
 
-For each partition of a consumed batch, in this order:
-1. the core :class:`FeatureEngine` of (view, partition) computes a row per event and the online
-   values of every entity the batch touched; late events go to the DLQ with reason ``late``;
-2. the raw events and the feature rows are written to Parquet (atomic files named by offsets);
+For each consumed batch, in this order:
+1. per partition, the core :class:`FeatureEngine` of (view, partition) computes a row per event
+   and the online values of every entity the batch touched; late events go to the DLQ with
+   reason ``late``;
+2. the raw events and the feature rows are written to Parquet as pending files;
 3. one ``driftline.FeatureRecord`` per applied event is produced to the features topic;
-4. one Redis MULTI writes the online values, appends the engine's state delta to the partition's
-   state log and records the next offset.
-Step 4 is the commit point. On assignment the engine is rebuilt from the state log, Parquet files
-past the recovered offset are discarded and consumption resumes there: a crash at any point
-neither loses nor double-counts an event in Redis or Parquet. The features topic is
-at-least-once: records of the one batch in flight at a crash are produced again, identical, and
-carry ``event_id`` for de-duplication.
+4. one Redis MULTI writes the online values, appends each engine's state delta to its
+   partition's state log and records the next offsets and the batch's extent;
+5. the pending Parquet files are renamed into place.
+Step 4 is the commit point. It is guarded by a per-partition epoch: a worker claims a partition
+(``INCR``) when it is assigned, and the MULTI runs under ``WATCH`` of those epochs, so a worker
+that lost its partitions without noticing (paused past the group's timeout) cannot commit over
+the new owner. On assignment the engine is rebuilt from the state log, the Parquet files are
+settled against the last commit, and consumption resumes at the committed offset: a crash,
+an outage or a rebalance at any point neither loses nor double-counts an event in Redis or
+Parquet. The features topic is at-least-once: records of a batch that did not commit are
+produced again, identical, and carry ``event_id`` for de-duplication.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from driftline.metrics import (
     LATE_EVENTS,
     STATE_ROWS,
 )
-from driftline.offline_store import OfflineStore
+from driftline.offline_store import OfflineStore, publish
 from driftline.online_store import RedisOnlineStore
 
 log = logging.getLogger(__name__)
@@ -63,7 +68,21 @@ class StreamState:
     def __init__(self, client: redis.Redis, group: str, topic: str) -> None:
         self.client = client
         self.offsets_key = f"dl:offsets:{group}:{topic}"
+        self.commits_key = f"dl:commits:{group}:{topic}"
         self.prefix = f"dl:state:{group}:{topic}"
+        self.epoch_prefix = f"dl:epoch:{group}:{topic}"
+
+    def epoch_key(self, partition: int) -> str:
+        return f"{self.epoch_prefix}:{partition}"
+
+    def claim(self, partition: int) -> int:
+        """Take ownership of `partition`: any earlier owner's next commit will fail."""
+        return int(self.client.incr(self.epoch_key(partition)))
+
+    def last_commit(self, partition: int) -> tuple[int, int, int] | None:
+        """(epoch, first offset, last offset) of the partition's last committed batch."""
+        raw = self.client.hget(self.commits_key, str(partition))
+        return None if raw is None else tuple(int(x) for x in raw.split(b":"))
 
     def log_key(self, view: str, partition: int) -> str:
         return f"{self.prefix}:{view}:{partition}"
@@ -74,6 +93,10 @@ class StreamState:
         pipe.lrange(self.log_key(view, partition), 0, -1)
         offset, blobs = pipe.execute()
         return (None if offset is None else int(offset)), [_unpack(b) for b in blobs]
+
+
+class Fenced(RuntimeError):
+    """Another worker has claimed a partition of this batch since we did: we must not commit."""
 
 
 class FeatureStage:
@@ -95,6 +118,7 @@ class FeatureStage:
         self.schemas = schemas
         self.engines: dict[tuple[str, int], FeatureEngine] = {}
         self.deltas: dict[tuple[str, int], int] = {}
+        self.epochs: dict[int, int] = {}
         self.encoders: dict[str, FeatureRecordEncoder] = {}
         self.rows = 0  # feature rows committed (per view), for /health
         self.late = 0
@@ -104,8 +128,10 @@ class FeatureStage:
 
     # -- rebalance -------------------------------------------------------------------------
     def on_assign(self, partitions: Sequence[int]) -> dict[int, int]:
+        """Claim each partition, rebuild its engines from the state log, settle its files."""
         resume: dict[int, int] = {}
         for p in partitions:
+            self.epochs[p] = self.state.claim(p)  # before loading: later commits are ours alone
             offsets = []
             for view in self.views:
                 offset, snapshots = self.state.load(view.name, p)
@@ -116,44 +142,61 @@ class FeatureStage:
                 offsets.append(offset)
             if offsets[0] is not None:
                 resume[p] = offsets[0]
-                self._discard_uncommitted(p, offsets[0])
-            else:
-                self._discard_uncommitted(p, 0)
+            self._settle_files(p, offsets[0] or 0)
         return resume
 
-    def _discard_uncommitted(self, partition: int, offset: int) -> None:
-        removed = self.offline.discard_from(self.offline.events_dir(self.topic), partition, offset)
-        for view in self.views:
-            removed += self.offline.discard_from(
-                self.offline.features_dir(view.name), partition, offset)
-        if removed:
-            log.warning("partition %d: removed %d uncommitted Parquet files from offset %d",
-                        partition, removed, offset)
+    def _settle_files(self, partition: int, offset: int) -> None:
+        last_commit = self.state.last_commit(partition)
+        bases = [self.offline.events_dir(self.topic),
+                 *(self.offline.features_dir(v.name) for v in self.views)]
+        published = removed = 0
+        for base in bases:
+            done = self.offline.settle(base, partition, offset, last_commit)
+            published += done[0]
+            removed += done[1]
+        if published or removed:
+            log.warning("partition %d: published %d committed and removed %d uncommitted "
+                        "Parquet files (resuming at offset %d)", partition, published, removed,
+                        offset)
 
     def on_revoke(self, partitions: Sequence[int]) -> None:
         for key in [k for k in self.engines if k[1] in partitions]:
             del self.engines[key]
             self.deltas.pop(key, None)
+        for p in partitions:
+            self.epochs.pop(p, None)
 
     # -- processing --------------------------------------------------------------------------
     def process(self, batches: Sequence[PartitionBatch]) -> None:
-        """All partitions of one consumed batch, committed by one Redis transaction."""
+        """All partitions of one consumed batch, committed by one Redis transaction, which
+        fails (``WatchError``/``Fenced``) if another worker has claimed one of them since."""
         start = time.perf_counter()
+        batches = [b for b in batches if b.records]
+        if not batches:
+            return
         pipe = self.client.pipeline(transaction=True)
-        rows = late = 0
-        for batch in batches:
-            if not batch.records:
-                continue
-            offsets = np.asarray(batch.offsets, dtype=np.int64)
-            self.offline.write(self.offline.events_dir(self.topic), batch.partition,
-                               _event_columns(batch))
-            for view in self.views:
-                applied = self._process_view(view, batch, offsets, pipe)
-                rows += applied
-                late += len(batch.records) - applied
-            pipe.hset(self.state.offsets_key, str(batch.partition), int(offsets[-1]) + 1)
-        self.producer.flush_or_raise()
-        pipe.execute()  # the commit point
+        try:
+            self._check_ownership(pipe, [b.partition for b in batches])
+            pipe.multi()
+            pending: list = []
+            rows = late = 0
+            for batch in batches:
+                p, epoch = batch.partition, self.epochs[batch.partition]
+                offsets = np.asarray(batch.offsets, dtype=np.int64)
+                pending += self.offline.write(self.offline.events_dir(self.topic), p,
+                                              _event_columns(batch), epoch)
+                for view in self.views:
+                    applied = self._process_view(view, batch, offsets, pipe, pending)
+                    rows += applied
+                    late += len(batch.records) - applied
+                first, last = int(offsets[0]), int(offsets[-1])
+                pipe.hset(self.state.offsets_key, str(p), last + 1)
+                pipe.hset(self.state.commits_key, str(p), f"{epoch}:{first}:{last}")
+            self.producer.flush_or_raise()
+            pipe.execute()  # the commit point
+        finally:
+            pipe.reset()
+        publish(pending)  # a crash before this is finished by _settle_files
         self.rows += rows
         self.late += late
         now_ms = time.time() * 1000
@@ -162,15 +205,21 @@ class FeatureStage:
         EVENT_TO_STORE_SECONDS.observe_many(np.maximum(now_ms - appended, 0) / 1000)
         BATCH_SECONDS.labels("features").observe(time.perf_counter() - start)
 
+    def _check_ownership(self, pipe: redis.client.Pipeline, partitions: list[int]) -> None:
+        keys = [self.state.epoch_key(p) for p in partitions]
+        pipe.watch(*keys)  # EXEC fails if any is claimed between now and the commit
+        for p, value in zip(partitions, pipe.mget(keys), strict=True):
+            mine = self.epochs.get(p)
+            if mine is None or value is None or int(value) != mine:
+                raise Fenced(f"partition {p} was claimed by another worker (epoch {value!r}, "
+                             f"ours {mine}); rebuilding from the committed state")
+
     def _process_view(self, view: FeatureView, batch: PartitionBatch, offsets: np.ndarray,
-                      pipe: redis.client.Pipeline) -> int:
+                      pipe: redis.client.Pipeline, pending: list) -> int:
         """Compute, archive and produce one view's rows; queue its Redis writes on `pipe`.
         Returns the number of events applied."""
         key = (view.name, batch.partition)
-        engine = self.engines.get(key)
-        if engine is None:  # no assignment callback yet (e.g. manual assignment in tests)
-            engine = self.engines[key] = FeatureEngine(view)
-            self.deltas[key] = 0
+        engine = self.engines[key]
         events = EventBatch.from_records(batch.records, offsets, view)
         result = engine.process(events)
         for i in np.flatnonzero(~result.applied):
@@ -182,8 +231,10 @@ class FeatureStage:
         applied = np.flatnonzero(result.applied)
         FEATURE_ROWS.labels(view.name).inc(len(applied))
         STATE_ROWS.labels(view.name).set(engine.state_rows)
-        self.offline.write(self.offline.features_dir(view.name), batch.partition,
-                           _feature_columns(view, batch, offsets, result.values, applied))
+        pending += self.offline.write(
+            self.offline.features_dir(view.name), batch.partition,
+            _feature_columns(view, batch, offsets, result.values, applied),
+            self.epochs[batch.partition])
         self._produce(view, batch, result.values, applied)
         self.online.write(pipe, view.name, view.version, view.feature_names,
                           result.online_entity.tolist(), result.online_values,

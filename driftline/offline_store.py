@@ -3,10 +3,12 @@
 Layout under ``$DRIFTLINE_DATA_DIR/offline/``:
     features/view={view}/date=YYYY-MM-DD/p{partition}-{first offset}-{last offset}.parquet
     events/topic={topic}/date=YYYY-MM-DD/p{partition}-{first offset}-{last offset}.parquet
-Hive-partitioned by the event date (UTC). Each file is written under a temporary name and renamed
-into place, so a reader never sees a half-written file. File names carry the Kafka offsets they
-hold: after a crash, files past the offset recovered from the stream state were never committed
-and are removed before the partition is replayed (``discard_from``), so nothing is duplicated.
+Hive-partitioned by the event date (UTC). A batch's files are written as
+``….parquet.pending-{epoch}`` (invisible to readers, who read ``*.parquet``) and renamed into
+place only after the batch's Redis transaction committed. On (re)assignment ``settle`` finishes
+that rename for the partition's last committed batch and deletes every other pending file (a
+crash, a failed commit, or a fenced-off former owner), so a reader never sees a half-written,
+uncommitted or duplicated row.
 """
 
 from __future__ import annotations
@@ -24,6 +26,13 @@ import pyarrow.parquet as pq
 
 MS_PER_DAY = 86_400_000
 _NAME = re.compile(r"^p(\d+)-(\d+)-(\d+)\.parquet$")
+_PENDING = re.compile(r"^p(\d+)-(\d+)-(\d+)\.parquet\.pending-(\d+)$")
+
+
+def publish(paths: Sequence[Path]) -> None:
+    """Rename committed pending files into place (each rename is atomic)."""
+    for path in paths:
+        os.replace(path, path.with_name(path.name.rsplit(".pending-", 1)[0]))
 
 
 def _day(ms: np.ndarray) -> np.ndarray:
@@ -41,37 +50,60 @@ class OfflineStore:
         return self.root / "events" / f"topic={topic}"
 
     def write(self, base: Path, partition: int, columns: Mapping[str, np.ndarray | Sequence],
-              event_time_column: str = "event_time", offset_column: str = "offset") -> int:
-        """Write rows (all of one partition, in offset order) split by event date. Returns rows."""
+              pending_epoch: int, event_time_column: str = "event_time",
+              offset_column: str = "offset") -> list[Path]:
+        """Write rows (all of one partition, in offset order) split by event date, as pending
+        files of `pending_epoch`. Returns their paths, for :func:`publish` after the commit."""
         table = pa.table(dict(columns))
+        written: list[Path] = []
         if table.num_rows == 0:
-            return 0
+            return written
         days = _day(np.asarray(columns[event_time_column], dtype=np.int64))
         offsets = np.asarray(columns[offset_column], dtype=np.int64)
         for day in np.unique(days):
             mask = days == day
             part = table.filter(pa.array(mask))
             first, last = int(offsets[mask].min()), int(offsets[mask].max())
-            target = base / f"date={day}" / f"p{partition}-{first:020d}-{last:020d}.parquet"
+            name = f"p{partition}-{first:020d}-{last:020d}.parquet.pending-{pending_epoch}"
+            target = base / f"date={day}" / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+            tmp = target.parent / f".{name}.{uuid.uuid4().hex}.tmp"
             pq.write_table(part, tmp, compression="snappy")
             os.replace(tmp, target)
-        return table.num_rows
+            written.append(target)
+        return written
 
-    def discard_from(self, base: Path, partition: int, offset: int) -> int:
-        """Remove files of `partition` holding offsets >= `offset` (never committed)."""
-        removed = 0
+    def settle(self, base: Path, partition: int, committed_offset: int,
+               last_commit: tuple[int, int, int] | None) -> tuple[int, int]:
+        """Make `partition`'s files agree with its committed state.
+
+        ``last_commit`` is (epoch, first offset, last offset) of the last committed batch: its
+        pending files are published; every other pending file, and any published file holding
+        offsets at or past `committed_offset`, is removed. Returns (published, removed).
+        """
+        published = removed = 0
         if not base.exists():
-            return 0
-        for path in base.glob("date=*/*.parquet"):
+            return 0, 0
+        for path in base.glob(f"date=*/p{partition}-*.parquet.pending-*"):
+            match = _PENDING.match(path.name)
+            if match is None or int(match[1]) != partition:
+                continue
+            epoch, first, last = int(match[4]), int(match[2]), int(match[3])
+            if last_commit is not None and epoch == last_commit[0] and \
+                    last_commit[1] <= first and last <= last_commit[2]:
+                publish([path])
+                published += 1
+            else:
+                path.unlink(missing_ok=True)
+                removed += 1
+        for path in base.glob(f"date=*/p{partition}-*.parquet"):
             match = _NAME.match(path.name)
-            if match and int(match[1]) == partition and int(match[3]) >= offset:
+            if match and int(match[1]) == partition and int(match[3]) >= committed_offset:
                 path.unlink()
                 removed += 1
         for tmp in base.glob("date=*/.*.tmp"):
             tmp.unlink(missing_ok=True)
-        return removed
+        return published, removed
 
     def read(self, base: Path) -> pa.Table:
         """Every row under `base` (empty table when nothing was written)."""

@@ -267,3 +267,46 @@ def _no_stray_env(monkeypatch):
     # The worker child gets its settings from the fixture, never from the caller's environment.
     for key in [k for k in os.environ if k.startswith("DRIFTLINE_")]:
         monkeypatch.delenv(key)
+
+
+def test_a_worker_that_lost_its_partition_cannot_commit_over_the_new_owner(settings):
+    """Zombie fencing, driven in-process on real Redis and Kafka: worker A is claimed over in
+    the middle of a batch (its commit must fail), keeps trying (refused), and the partition's
+    final state, Parquet rows and online values are exactly those of each event applied once."""
+    from driftline.agents.features import Fenced
+    from driftline.agents.ingest import PartitionBatch
+    from driftline.agents.worker import build_pipeline
+
+    config = DemoConfig(seed=23, n_entities=120, events_per_second=3.0, shuffle_within_ms=20_000)
+    events = DemoGenerator(config).events(1500)
+
+    def batch(lo: int, hi: int) -> PartitionBatch:
+        return PartitionBatch(0, records=events[lo:hi], offsets=list(range(lo, hi)),
+                              messages=[None] * (hi - lo), append_times_ms=[0] * (hi - lo))
+
+    a = build_pipeline(settings).downstream
+    b = build_pipeline(settings).downstream
+    a.on_assign([0])
+    flush = a.producer.flush_or_raise
+
+    def claimed_meanwhile(*args):
+        b.on_assign([0])  # the group handed partition 0 to B while A was busy
+        return flush(*args)
+
+    a.producer.flush_or_raise = claimed_meanwhile
+    with pytest.raises(redis.WatchError):
+        a.process([batch(0, 500)])
+    a.producer.flush_or_raise = flush
+    with pytest.raises(Fenced):
+        a.process([batch(0, 500)])
+    b.process([batch(0, 500)])
+    b.process([batch(500, 1000)])
+    a.on_assign([0])  # and back to A, which must continue from B's commits
+    a.process([batch(1000, 1500)])
+
+    client = redis.Redis.from_url(settings.redis_url)
+    assert committed(client, settings) == {0: 1500}
+    oracle = expected({0: events})
+    check_everything(settings, client, {0: events}, oracle)
+    leftovers = list((settings.data_dir / "offline").rglob("*.pending-*"))
+    assert not leftovers, leftovers
