@@ -83,15 +83,19 @@ class FeatureRecordEncoder:
         self.template = np.frombuffer(bytes(template), dtype=np.uint8)
         self.slice_keys = [avro_string(name) for name in slice_names]
         self.slices_count = zigzag_varint(len(slice_names)) if slice_names else b""
-        self._strings: dict[str, bytes] = {}
+        self._slice_blocks: dict[tuple[str, ...], bytes] = {}
 
-    def _string(self, text: str) -> bytes:
-        """Slice values repeat (a few segments, channels, countries): encode each once."""
-        cached = self._strings.get(text)
+    def _slices(self, values: tuple[str, ...]) -> bytes:
+        """The encoded slices map; slice combinations repeat, so each is encoded once."""
+        cached = self._slice_blocks.get(values)
         if cached is None:
-            if len(self._strings) > 100_000:  # a high-cardinality slice must not grow memory
-                self._strings.clear()
-            cached = self._strings[text] = avro_string(text)
+            if len(self._slice_blocks) > 100_000:  # high-cardinality slices must not grow memory
+                self._slice_blocks.clear()
+            parts = [self.slices_count]
+            for key, value in zip(self.slice_keys, values, strict=True):
+                parts += (key, avro_string(value))
+            parts.append(b"\x00")
+            cached = self._slice_blocks[values] = b"".join(parts)
         return cached
 
     def _values_block(self, values: np.ndarray) -> list[bytes]:
@@ -122,21 +126,15 @@ class FeatureRecordEncoder:
                      slices: Sequence[Sequence[str]]) -> list[bytes]:
         """One single-object message per row; ``slices`` holds one column per slice name."""
         blocks = self._values_block(values)
-        string = self._string
         slice_rows = list(zip(*slices, strict=True)) if self.slice_keys else None
         times = zigzag_varints(np.asarray(event_times_ms, dtype=np.int64))
+        tail = self.view_part
         out = []
         for i, (event_id, entity_id, t) in enumerate(
                 zip(event_ids, entity_ids, times, strict=True)):
-            parts = [self.header, avro_string(event_id), avro_string(entity_id), t,
-                     self.view_part, blocks[i]]
-            if slice_rows is not None:
-                parts.append(self.slices_count)
-                for key, value in zip(self.slice_keys, slice_rows[i], strict=True):
-                    parts.append(key)
-                    parts.append(string(value))
-            parts.append(b"\x00")
-            out.append(b"".join(parts))
+            slices_block = self._slices(slice_rows[i]) if slice_rows is not None else b"\x00"
+            out.append(b"".join((self.header, avro_string(event_id), avro_string(entity_id), t,
+                                 tail, blocks[i], slices_block)))
         return out
 
 
