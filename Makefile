@@ -30,7 +30,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check driftline agents serving schemas feature_defs tests bench
 
 test: $(STAMP) redis-server lint
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest
 
 bench: $(STAMP) redis-server
 	$(BIN)/pip install -q -e '.[bench]'
