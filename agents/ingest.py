@@ -37,25 +37,6 @@ class Downstream(Protocol):
     def stats(self) -> dict[str, int]: ...
 
 
-class CountingDownstream:
-    """The stage used when no feature view is configured: decoded records are only counted."""
-
-    def __init__(self) -> None:
-        self.records = 0
-
-    def on_assign(self, partitions: Sequence[int]) -> dict[int, int]:
-        return {}
-
-    def on_revoke(self, partitions: Sequence[int]) -> None:
-        pass
-
-    def process(self, batches: Sequence[PartitionBatch]) -> None:
-        self.records += sum(len(b.records) for b in batches)
-
-    def stats(self) -> dict[str, int]:
-        return {"records": self.records}
-
-
 class IngestPipeline:
     def __init__(self, decoder, dead_letters: DeadLetterSink, producer: CheckedProducer,
                  downstream: Downstream) -> None:
