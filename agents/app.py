@@ -48,10 +48,9 @@ def health_body(batches: BatchLoop) -> dict:
     return body
 
 
-def create_app(settings: Settings, pipeline: BatchPipeline, app_id: str = "driftline-worker"
-               ) -> tuple[faust.App, BatchLoop]:
+def create_app(settings: Settings, pipeline: BatchPipeline) -> tuple[faust.App, BatchLoop]:
     app = faust.App(
-        app_id,
+        f"{settings.group_features}-app",  # Faust's own group, apart from other deployments
         store="memory://",
         datadir=str(settings.data_dir / "faust"),
         web_enabled=True,
