@@ -29,25 +29,6 @@ def faust_broker_settings(settings: Settings) -> dict:
     }
 
 
-def health_body(batches: BatchLoop) -> dict:
-    """Health of a batch loop; ``retrying`` (an outage being waited out) is still healthy."""
-    body = {
-        "status": "ok" if batches.healthy else "failing",
-        "topic": batches.topic,
-        "assigned_partitions": sorted(batches.assigned),
-        "batches": batches.batches,
-        "messages": batches.messages,
-        "lag": batches.lag,
-        "retrying": batches.retrying,
-    }
-    stats = getattr(batches.pipeline, "stats", None)
-    if stats is not None:
-        body.update(stats())
-    if batches.failure is not None:
-        body["error"] = repr(batches.failure)
-    return body
-
-
 def create_app(settings: Settings, pipeline: BatchPipeline) -> tuple[faust.App, BatchLoop]:
     app = faust.App(
         f"{settings.group_features}-app",  # Faust's own group, apart from other deployments
@@ -75,7 +56,7 @@ def create_app(settings: Settings, pipeline: BatchPipeline) -> tuple[faust.App, 
 
     @app.page("/health")
     async def health(web, request):
-        body = health_body(batches)
+        body = batches.health()
         return web.json(body, status=200 if body["status"] == "ok" else 503)
 
     @app.page("/metrics")

@@ -132,17 +132,15 @@ class FeatureStage:
         resume: dict[int, int] = {}
         for p in partitions:
             self.epochs[p] = self.state.claim(p)  # before loading: later commits are ours alone
-            offsets = []
-            for view in self.views:
+            for view in self.views:  # every view of a partition commits in the same MULTI
                 offset, snapshots = self.state.load(view.name, p)
                 engine = FeatureEngine.restore(view, snapshots) if snapshots \
                     else FeatureEngine(view)
                 self.engines[(view.name, p)] = engine
                 self.deltas[(view.name, p)] = len(snapshots)
-                offsets.append(offset)
-            if offsets[0] is not None:
-                resume[p] = offsets[0]
-            self._settle_files(p, offsets[0] or 0)
+            if offset is not None:
+                resume[p] = offset
+            self._settle_files(p, offset or 0)
         return resume
 
     def _settle_files(self, partition: int, offset: int) -> None:

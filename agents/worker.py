@@ -12,32 +12,17 @@ from driftline.agents.ingest import IngestPipeline
 from driftline.codec.decoder import Decoder
 from driftline.codec.schema_set import SchemaSet
 from driftline.dlq import DeadLetterSink
-from driftline.feature_defs import DEFINITIONS_DIR
-from driftline.features import FeatureView, load_definitions
 from driftline.offline_store import OfflineStore
 from driftline.online_store import RedisOnlineStore
 from driftline.settings import Settings
-
-# Definitions name topics by their default names; a deployment may rename the events topic.
-DEFAULT_EVENTS_TOPIC = Settings().topic_events
-
-
-def views_for(settings: Settings) -> list[FeatureView]:
-    """The views computed from the configured events topic."""
-    registry = load_definitions(settings.feature_defs or DEFINITIONS_DIR)
-    topics = {settings.topic_events, DEFAULT_EVENTS_TOPIC}
-    views = [v for v in registry.views.values() if v.source.topic in topics]
-    if not views:
-        raise ValueError(f"no feature view reads {settings.topic_events} in "
-                         f"{settings.feature_defs or DEFINITIONS_DIR}")
-    return views
+from driftline.views import views_for
 
 
 def build_pipeline(settings: Settings) -> IngestPipeline:
     schemas = SchemaSet.load()
     producer = kafka.make_producer(settings)
     dead_letters = DeadLetterSink(producer, settings.topic_dlq, schemas)
-    views = views_for(settings)
+    views = list(views_for(settings).values())
     client = redis.Redis.from_url(settings.redis_url_or_fail)
     stage = FeatureStage(
         views, topic=settings.topic_events, group=settings.group_features, client=client,

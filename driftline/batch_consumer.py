@@ -67,6 +67,24 @@ class BatchLoop:
     def healthy(self) -> bool:
         return self.failure is None and self._thread is not None and self._thread.is_alive()
 
+    def health(self) -> dict:
+        """For ``/health``; ``retrying`` (an outage being waited out) is still healthy."""
+        body = {
+            "status": "ok" if self.healthy else "failing",
+            "topic": self.topic,
+            "assigned_partitions": sorted(self.assigned),
+            "batches": self.batches,
+            "messages": self.messages,
+            "lag": self.lag,
+            "retrying": self.retrying,
+        }
+        stats = getattr(self.pipeline, "stats", None)
+        if stats is not None:
+            body.update(stats())
+        if self.failure is not None:
+            body["error"] = repr(self.failure)
+        return body
+
     def _run(self) -> None:
         try:
             consumer = self._consumer_factory()

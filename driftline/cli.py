@@ -80,15 +80,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def _views(settings: Settings, name: str | None):
-    from driftline.agents.worker import views_for
+    """The named view, or every view of the deployment."""
+    from driftline.views import view_named, views_for
 
-    views = views_for(settings)
-    if name is None:
-        return views
-    chosen = [v for v in views if v.name == name]
-    if not chosen:
-        raise ValueError(f"unknown view {name!r}; have {[v.name for v in views]}")
-    return chosen
+    return [view_named(settings, name)] if name else list(views_for(settings).values())
 
 
 def cmd_features(args: argparse.Namespace) -> int:

@@ -52,10 +52,10 @@ def run_demo(settings: Settings, n_events: int = 20_000, out=print) -> int:
     from driftline.backfill import audit_skew
     from driftline.client import produce_demo
     from driftline.demo import DemoConfig, DemoGenerator
-    from driftline.models_cli import _views
     from driftline.offline_store import OfflineStore
     from driftline.registry import ModelRegistry
     from driftline.training import train_initial
+    from driftline.views import view_named
 
     root = settings.data_dir / "demo"
     shutil.rmtree(root, ignore_errors=True)
@@ -65,7 +65,7 @@ def run_demo(settings: Settings, n_events: int = 20_000, out=print) -> int:
         settings = stack.settings
         kafka.create_topics(settings)
         out(f"broker {settings.kafka_bootstrap}, redis {settings.redis_url}, data {root}")
-        view = _views(settings)["transactions_v1"]
+        view = view_named(settings, "transactions_v1")
         _, report = train_initial(ModelRegistry(root / "registry"), view, n_events=30_000,
                                   created_at_ms=int(time.time() * 1000))
         out(f"trained: {report.summary()}")

@@ -15,16 +15,11 @@ from pathlib import Path
 
 from driftline.registry import PRODUCTION, STAGES, ModelRegistry, Transition
 from driftline.settings import Settings
+from driftline.views import view_named, views_for
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _views(settings: Settings) -> dict:
-    from driftline.agents.worker import views_for
-
-    return {v.name: v for v in views_for(settings)}
 
 
 def publish(settings: Settings, transition: Transition) -> bool:
@@ -67,7 +62,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                          indent=2))
         return 0
     if action == "register":
-        view = _views(settings)[args.view]
+        view = view_named(settings, args.view)
         version = registry.register(
             args.name, Path(args.onnx).read_bytes(), view=view.name, view_version=view.version,
             inputs=view.feature_names, training_range=tuple(args.training_range),
@@ -77,7 +72,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if action == "train-initial":
         from driftline.training import train_initial
 
-        view = _views(settings)[args.view]
+        view = view_named(settings, args.view)
         version, report = train_initial(registry, view, n_events=args.events,
                                         created_at_ms=_now_ms(), model_name=args.name)
         print(report.summary())
@@ -89,10 +84,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if action == "promote":
             transition = registry.transition(args.name, args.version, args.stage,
                                              at_ms=_now_ms(), reason=args.reason,
-                                             current_views=_views(settings))
+                                             current_views=views_for(settings))
         else:
             transition = registry.rollback(args.name, at_ms=_now_ms(), reason=args.reason,
-                                           current_views=_views(settings))
+                                           current_views=views_for(settings))
         published = publish(settings, transition)
         for t in transition.events():
             print(f"{t.model_name} v{t.version}: {t.from_stage} -> {t.to_stage}"

@@ -16,8 +16,6 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from driftline import kafka
-from driftline.agents.app import health_body
-from driftline.agents.worker import views_for
 from driftline.batch_consumer import BatchLoop
 from driftline.codec.decoder import Decoder
 from driftline.codec.errors import DecodeError
@@ -29,6 +27,7 @@ from driftline.serving.api import ScorerApi
 from driftline.serving.models import ModelHolder, ModelUnavailable
 from driftline.serving.stream import ScoringPipeline
 from driftline.settings import Settings
+from driftline.views import views_for
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +84,7 @@ class ModelWatcher:
 
 def run_scorer(settings: Settings) -> int:
     schemas = SchemaSet.load()
-    views = {v.name: v for v in views_for(settings)}
+    views = views_for(settings)
     holder = ModelHolder(ModelRegistry(settings.data_dir / "registry"), settings.model_name,
                          settings.decision_threshold, views)
     try:
@@ -103,7 +102,7 @@ def run_scorer(settings: Settings) -> int:
     timeout_s = settings.redis_timeout_ms / 1000
     client = aioredis.Redis.from_url(settings.redis_url_or_fail, socket_timeout=timeout_s,
                                      socket_connect_timeout=timeout_s)
-    api = ScorerApi(holder, client, lambda: health_body(loop), timeout_s)
+    api = ScorerApi(holder, client, loop.health, timeout_s)
     app = api.app()
 
     async def on_startup(_app: web.Application) -> None:
