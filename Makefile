@@ -1,10 +1,12 @@
 # Two entry points on a fresh machine: `make demo` and `make test`. Both install what they need.
+# `make test-unit` runs the unit tests and doctests alone: no broker, no Redis, seconds.
+# Benchmarks are run by hand, one at a time: see bench/README.md.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench redis-server clean
+.PHONY: demo test test-unit lint redis-server clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,9 +34,8 @@ lint: $(STAMP)
 test: $(STAMP) redis-server lint
 	$(BIN)/python -m pytest
 
-bench: $(STAMP) redis-server
-	$(BIN)/pip install -q -e '.[bench]'
-	$(BIN)/python bench/run.py
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -m "not integration"
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import faust
 
-from driftline import kafka
+from driftline.adapters import kafka
+from driftline.adapters.batch_loop import BatchLoop, BatchPipeline
+from driftline.adapters.metrics import exposition
 from driftline.agents.batch_reader import BatchReader
-from driftline.batch_consumer import BatchLoop, BatchPipeline
-from driftline.metrics import exposition
 from driftline.settings import Settings
 
 
@@ -43,7 +43,7 @@ def create_app(settings: Settings, pipeline: BatchPipeline) -> tuple[faust.App, 
     )
     batches = BatchLoop(
         lambda: kafka.make_consumer(settings, settings.group_features),
-        topic=settings.topic_events,
+        topics=[settings.topic_events],
         pipeline=pipeline,
         batch_size=settings.batch_size,
         batch_timeout_s=settings.batch_timeout_ms / 1000,

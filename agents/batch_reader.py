@@ -3,7 +3,7 @@
 Faust's agent loop costs several event-loop turns per message (FIELD-NOTES: ~12k msgs/s here),
 while confluent-kafka hands out thousands of messages per call. ``BatchReader`` is a Faust
 (mode) service: the worker starts and stops it with the app, and it runs a
-:class:`~driftline.batch_consumer.BatchLoop` on its own thread, so Faust's event loop, timers
+:class:`~driftline.adapters.batch_loop.BatchLoop` on its own thread, so Faust's event loop, timers
 and web server stay responsive. The loop's contract with the pipeline is documented there.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import mode
 
-from driftline.batch_consumer import BatchLoop, BatchPipeline
+from driftline.adapters.batch_loop import BatchLoop, BatchPipeline
 
 __all__ = ["BatchPipeline", "BatchReader"]
 

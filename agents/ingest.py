@@ -14,9 +14,10 @@ from typing import Any, Protocol
 
 from confluent_kafka import Message
 
-from driftline.dlq import DeadLetterSink
-from driftline.kafka import CheckedProducer
-from driftline.metrics import MESSAGES_CONSUMED, RECORDS_DECODED
+from driftline.adapters.batch_loop import MessageBatch, PartitionId
+from driftline.adapters.dead_letters import DeadLetterSink
+from driftline.adapters.kafka import CheckedProducer
+from driftline.adapters.metrics import MESSAGES_CONSUMED, RECORDS_DECODED
 
 
 @dataclass
@@ -45,16 +46,22 @@ class IngestPipeline:
         self.producer = producer
         self.downstream = downstream
 
-    def on_assign(self, partitions: Sequence[int]) -> dict[int, int]:
-        return self.downstream.on_assign(partitions)
+    def on_assign(self, partitions: Sequence[PartitionId]) -> dict[PartitionId, int]:
+        topics = {p.topic for p in partitions}
+        resume = self.downstream.on_assign([p.partition for p in partitions])
+        return {PartitionId(topic, p): offset for topic in topics
+                for p, offset in resume.items()}
 
     def stats(self) -> dict[str, int]:
         return {"dead_letters": self.dead_letters.sent, **self.downstream.stats()}
 
-    def on_revoke(self, partitions: Sequence[int]) -> None:
-        self.downstream.on_revoke(partitions)
+    def on_revoke(self, partitions: Sequence[PartitionId]) -> None:
+        self.downstream.on_revoke([p.partition for p in partitions])
 
-    def process(self, messages: Sequence[Message]) -> None:
+    def process(self, batches: Sequence[MessageBatch]) -> None:
+        messages = [m for batch in batches for m in batch.messages]
+        if not messages:
+            return
         topic = messages[0].topic()
         MESSAGES_CONSUMED.labels(topic).inc(len(messages))
         records, failures = self.decoder.decode_many([m.value() or b"" for m in messages])

@@ -5,17 +5,32 @@ from __future__ import annotations
 import faust
 import redis
 
-from driftline import kafka
+from driftline.adapters import kafka
+from driftline.adapters.dead_letters import DeadLetterSink
+from driftline.adapters.offline_store import OfflineStore, PendingParquet
+from driftline.adapters.redis_online import RedisOnlineStore
+from driftline.adapters.redis_state import RedisStateBackend
 from driftline.agents.app import create_app
 from driftline.agents.features import FeatureStage
 from driftline.agents.ingest import IngestPipeline
-from driftline.codec.decoder import Decoder
-from driftline.codec.schema_set import SchemaSet
-from driftline.dlq import DeadLetterSink
-from driftline.offline_store import OfflineStore
-from driftline.online_store import RedisOnlineStore
+from driftline.core.codec.decoder import Decoder
+from driftline.core.codec.schema_set import SchemaSet
+from driftline.core.features import FeatureView
+from driftline.core.state import PartitionState
+from driftline.core.views import views_for
 from driftline.settings import Settings
-from driftline.views import views_for
+
+
+def feature_state(settings: Settings, views: list[FeatureView], offline: OfflineStore,
+                  client: redis.Redis) -> PartitionState:
+    """The feature stage's partition state: on Redis, one store per view, online values in the
+    same transaction, Parquet files under the events and features folders as pending output."""
+    topic = settings.topic_events
+    backend = RedisStateBackend(client, settings.group_features, topic,
+                                online=RedisOnlineStore(client, settings.redis_ttl_s))
+    bases = [offline.events_dir(topic), *(offline.features_dir(v.name) for v in views)]
+    return PartitionState(backend, topics=[topic], stores=[v.name for v in views],
+                          files=PendingParquet(offline, topic, bases))
 
 
 def build_pipeline(settings: Settings) -> IngestPipeline:
@@ -23,11 +38,11 @@ def build_pipeline(settings: Settings) -> IngestPipeline:
     producer = kafka.make_producer(settings)
     dead_letters = DeadLetterSink(producer, settings.topic_dlq, schemas)
     views = list(views_for(settings).values())
-    client = redis.Redis.from_url(settings.redis_url_or_fail)
+    offline = OfflineStore(settings.data_dir / "offline")
+    state = feature_state(settings, views, offline,
+                          redis.Redis.from_url(settings.redis_url_or_fail))
     stage = FeatureStage(
-        views, topic=settings.topic_events, group=settings.group_features, client=client,
-        online=RedisOnlineStore(client, settings.redis_ttl_s),
-        offline=OfflineStore(settings.data_dir / "offline"),
+        views, topic=settings.topic_events, state=state, offline=offline,
         producer=producer, features_topic=settings.topic_features,
         dead_letters=dead_letters, schemas=schemas)
     decoder = Decoder.for_settings(settings, views[0].source.schema, schemas)

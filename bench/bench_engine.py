@@ -12,8 +12,8 @@ import time
 
 import numpy as np
 
+from driftline.core.features import EventBatch, FeatureEngine, load_definitions
 from driftline.feature_defs import DEFINITIONS_DIR
-from driftline.features import EventBatch, FeatureEngine, load_definitions
 
 
 def synthetic_stream(n_events: int, n_entities: int, span_ms: int, seed: int = 0) -> EventBatch:

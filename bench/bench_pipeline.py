@@ -37,13 +37,14 @@ import numpy as np
 import redis
 from confluent_kafka import Producer
 
-from driftline import devstack, kafka
-from driftline.codec.schema_set import SchemaSet
-from driftline.codec.single_object import encode
-from driftline.demo import DemoConfig, DemoGenerator
-from driftline.devstack import ManagedProcess
+from driftline.adapters import kafka
+from driftline.commands import local_servers
+from driftline.commands.dev_stack import wait_healthy
+from driftline.commands.local_servers import ManagedProcess
+from driftline.core.codec.schema_set import SchemaSet
+from driftline.core.codec.single_object import encode
+from driftline.core.demo_events import DemoConfig, DemoGenerator
 from driftline.settings import Settings
-from driftline.stack import wait_healthy
 
 BENCH_DIR = Path(__file__).resolve().parent
 EVENT_SCHEMA = "driftline.TransactionEvent"
@@ -113,8 +114,8 @@ def produce_all(settings: Settings, messages: list[tuple[bytes, bytes]], compres
 # -- Driftline ---------------------------------------------------------------------------------
 def start_worker(settings: Settings, log_dir: Path) -> tuple[ManagedProcess, float]:
     """The worker process and the wall-clock time its partitions were seen assigned."""
-    env = devstack.child_env(settings.to_env())
-    proc = devstack.spawn("worker", devstack.python_argv("worker"), log_dir,
+    env = local_servers.child_env(settings.to_env())
+    proc = local_servers.spawn("worker", local_servers.python_argv("worker"), log_dir,
                           f"http://127.0.0.1:{settings.worker_port}", env=env)
     deadline = time.monotonic() + 90
     while True:  # wait_healthy polls every 0.2 s; poll faster so the start time is tight
@@ -123,7 +124,7 @@ def start_worker(settings: Settings, log_dir: Path) -> tuple[ManagedProcess, flo
                          ready=lambda b: b.get("status") == "ok"
                          and len(b["assigned_partitions"]) == settings.partitions)
             return proc, time.time()
-        except devstack.ServerStartError:
+        except local_servers.ServerStartError:
             if not proc.alive() or time.monotonic() > deadline:
                 proc.stop()
                 raise
@@ -266,7 +267,7 @@ def _exact_latencies(delivered: list[tuple[int, int, int]],
 def run_peer(script: str, extra: list[str], run_dir: Path, name: str, timeout: float) -> dict:
     result = run_dir / f"{name}.json"
     argv = [sys.executable, str(BENCH_DIR / script), "--result", str(result), *extra]
-    proc = devstack.spawn(name, argv, run_dir / "logs", address="")
+    proc = local_servers.spawn(name, argv, run_dir / "logs", address="")
     try:
         deadline = time.monotonic() + timeout
         while not result.exists():
@@ -320,14 +321,14 @@ def main() -> None:
     rows: list[Row] = []
     notes: list[str] = []
     try:
-        broker = devstack.start_broker(run_dir / "logs")
+        broker = local_servers.start_broker(run_dir / "logs")
         started.append(broker)
-        redis_server = devstack.start_redis(run_dir / "logs")
+        redis_server = local_servers.start_redis(run_dir / "logs")
         started.append(redis_server)
         settings = Settings(profile="dev", kafka_bootstrap=broker.address,
                             redis_url=redis_server.address, data_dir=run_dir / "data",
                             partitions=args.partitions, batch_size=args.batch_size,
-                            worker_port=devstack.free_port(), topic_events="bench.events",
+                            worker_port=local_servers.free_port(), topic_events="bench.events",
                             topic_features="bench.features", group_features="bench-driftline")
         kafka.create_topics(settings)
 

@@ -44,23 +44,26 @@ import onnxruntime as ort
 import redis
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from driftline import devstack, kafka
-from driftline.codec.decoder import Decoder
-from driftline.codec.schema_set import SchemaSet
-from driftline.codec.single_object import encode
-from driftline.demo import DemoConfig, DemoGenerator
-from driftline.devstack import ManagedProcess
-from driftline.dlq import DeadLetterSink
+from driftline.adapters import kafka
+from driftline.adapters.batch_loop import group_by_partition
+from driftline.adapters.dead_letters import DeadLetterSink
+from driftline.adapters.redis_online import RedisOnlineStore
+from driftline.commands import local_servers
+from driftline.commands.dev_stack import wait_healthy
+from driftline.commands.local_servers import ManagedProcess
+from driftline.commands.training import build_model, demo_training_set, to_onnx
+from driftline.core.codec.decoder import Decoder
+from driftline.core.codec.schema_set import SchemaSet
+from driftline.core.codec.single_object import encode
+from driftline.core.demo_events import DemoConfig, DemoGenerator
+from driftline.core.features import EventBatch, FeatureEngine, FeatureView, load_definitions
+from driftline.core.online import OnlineWrite
+from driftline.core.registry import ModelRegistry
 from driftline.feature_defs import DEFINITIONS_DIR
-from driftline.features import EventBatch, FeatureEngine, FeatureView, load_definitions
-from driftline.online_store import RedisOnlineStore
-from driftline.registry import ModelRegistry
 from driftline.serving.models import ModelHolder
 from driftline.serving.scoring import feature_matrix, score_records
 from driftline.serving.stream import PREDICTION_SCHEMA, ScoringPipeline
 from driftline.settings import Settings
-from driftline.stack import wait_healthy
-from driftline.training import build_model, demo_training_set, to_onnx
 
 BENCH_DIR = Path(__file__).resolve().parent
 FEATURE_SCHEMA = "driftline.FeatureRecord"
@@ -139,7 +142,7 @@ def bench_model(model, onnx_bytes: bytes, X: np.ndarray, single_sklearn: int,
     session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
     X32 = np.ascontiguousarray(X, dtype=np.float32)
     feed = session.get_inputs()[0].name
-    from driftline.onnx_model import predict_scores
+    from driftline.adapters.onnx_model import predict_scores
 
     onnx = predict_scores(session, X32)
     sk = model.predict_proba(X)[:, 1]
@@ -184,8 +187,8 @@ def get_json(url: str) -> dict:
 
 def start_scorer(settings: Settings, log_dir: Path) -> tuple[ManagedProcess, float]:
     """The scorer process and the wall-clock time its stream partitions were seen assigned."""
-    env = devstack.child_env(settings.to_env())
-    proc = devstack.spawn("scorer", devstack.python_argv("serve"), log_dir,
+    env = local_servers.child_env(settings.to_env())
+    proc = local_servers.spawn("scorer", local_servers.python_argv("serve"), log_dir,
                           f"http://127.0.0.1:{settings.scorer_port}", env=env)
     deadline = time.monotonic() + 90
     while True:  # wait_healthy polls every 0.2 s; a 1 s window per try keeps the start tight
@@ -193,7 +196,7 @@ def start_scorer(settings: Settings, log_dir: Path) -> tuple[ManagedProcess, flo
             wait_healthy(f"{proc.address}/health", proc, 1,
                          ready=lambda b: b["stream"]["assigned_partitions"])
             return proc, time.perf_counter()
-        except devstack.ServerStartError:
+        except local_servers.ServerStartError:
             if not proc.alive() or time.monotonic() > deadline:
                 proc.stop()
                 raise
@@ -346,12 +349,12 @@ def stage_breakdown(settings: Settings, view: FeatureView, registry_root: Path,
                                DeadLetterSink(producer, settings.topic_dlq, schemas), topic)
     start = time.perf_counter()
     for msgs in batches:
-        pipeline.process(msgs)
+        pipeline.process(group_by_partition(msgs))
     process_us = (time.perf_counter() - start) / n * 1e6
     profiler = cProfile.Profile()
     profiler.enable()
     for msgs in batches[:3]:
-        pipeline.process(msgs)
+        pipeline.process(group_by_partition(msgs))
     profiler.disable()
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(18)
@@ -373,10 +376,9 @@ def seed_online_store(settings: Settings, view: FeatureView, data: DemoFeatures)
     try:
         store = RedisOnlineStore(client, 3600)
         for lo in range(0, len(entities), 2000):
-            pipe = client.pipeline()
-            store.write(pipe, view.name, view.version, view.feature_names,
-                        entities[lo:lo + 2000], rows[lo:lo + 2000], times[lo:lo + 2000])
-            pipe.execute()
+            store.write(OnlineWrite(view.name, view.version, tuple(view.feature_names),
+                                    entities[lo:lo + 2000], rows[lo:lo + 2000],
+                                    times[lo:lo + 2000]))
     finally:
         client.close()
     return entities
@@ -458,13 +460,13 @@ def main() -> int:
     started: list[ManagedProcess] = []
     work = Path(tempfile.mkdtemp(prefix="bench-scoring-"))
     try:
-        started.append(devstack.start_broker(work / "logs"))
-        started.append(devstack.start_redis(work / "logs"))
+        started.append(local_servers.start_broker(work / "logs"))
+        started.append(local_servers.start_redis(work / "logs"))
         run = f"bench{os.getpid()}"
         topics = {f"topic_{role}": f"{run}.{role}" for role in Settings().topics}
         settings = Settings(profile="dev", kafka_bootstrap=started[0].address,
                             redis_url=started[1].address, data_dir=work / "data",
-                            partitions=args.partitions, scorer_port=devstack.free_port(),
+                            partitions=args.partitions, scorer_port=local_servers.free_port(),
                             group_scorer=f"{run}-scorer", batch_size=args.batch_size, **topics)
         kafka.create_topics(settings)
         register(settings.data_dir / "registry", view, onnx_bytes, data)

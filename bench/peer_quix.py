@@ -21,8 +21,8 @@ from fastavro import schemaless_reader
 from quixstreams import Application
 from quixstreams.models.serializers import Deserializer
 
-from driftline.codec.schema_set import SchemaSet
-from driftline.codec.single_object import HEADER_SIZE, MAGIC
+from driftline.core.codec.schema_set import SchemaSet
+from driftline.core.codec.single_object import HEADER_SIZE, MAGIC
 
 HOUR_MS = 3_600_000
 

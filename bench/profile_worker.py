@@ -22,22 +22,24 @@ from pathlib import Path
 
 from bench_pipeline import EventSource, produce_all
 
-from driftline import devstack, kafka
+from driftline.adapters import kafka
+from driftline.adapters.batch_loop import PartitionId, group_by_partition
 from driftline.agents.worker import build_pipeline
+from driftline.commands import local_servers
 from driftline.settings import Settings
 
 # (label, file suffix, function name) of the stages worth a line of their own.
 STAGES = [
-    ("decode + validate (Decoder.decode_many)", "codec/decoder.py", "decode_many"),
-    ("records -> columns (EventBatch.from_records)", "features/engine.py", "from_records"),
-    ("feature engine (FeatureEngine.process)", "features/engine.py", "process"),
-    ("Parquet writes (OfflineStore.write)", "offline_store.py", "write"),
+    ("decode + validate (Decoder.decode_many)", "core/codec/decoder.py", "decode_many"),
+    ("records -> columns (EventBatch.from_records)", "core/features/engine.py", "from_records"),
+    ("feature engine (FeatureEngine.process)", "core/features/engine.py", "process"),
+    ("Parquet writes (OfflineStore.write)", "adapters/offline_store.py", "write"),
     ("FeatureRecord encode + produce (_produce)", "agents/features.py", "_produce"),
-    ("  of which Avro encode (single_object.encode)", "codec/single_object.py", "encode"),
-    ("online values into the MULTI (online.write)", "online_store.py", "write"),
-    ("state delta pack (np.savez)", "agents/features.py", "_pack"),
+    ("  of which Avro encode (single_object.encode)", "core/codec/single_object.py", "encode"),
+    ("online values into the MULTI (online.queue)", "redis_online.py", "queue"),
+    ("state delta pack (np.savez)", "adapters/redis_state.py", "pack"),
     ("Redis MULTI round trip (Pipeline.execute)", "redis/client.py", "execute"),
-    ("producer flush (flush_or_raise)", "driftline/kafka.py", "flush_or_raise"),
+    ("producer flush (flush_or_raise)", "adapters/kafka.py", "flush_or_raise"),
 ]
 
 
@@ -61,12 +63,13 @@ def read_batches(settings: Settings, n: int, timeout: float = 120) -> list[list]
 
 def replay(settings: Settings, batches: list[list], profiler: cProfile.Profile | None) -> float:
     pipeline = build_pipeline(settings)
-    pipeline.on_assign(list(range(settings.partitions)))
+    pipeline.on_assign([PartitionId(settings.topic_events, p)
+                        for p in range(settings.partitions)])
     started = time.perf_counter()
     if profiler:
         profiler.enable()
     for msgs in batches:
-        pipeline.process(msgs)
+        pipeline.process(group_by_partition(msgs))
     if profiler:
         profiler.disable()
     return time.perf_counter() - started
@@ -92,9 +95,9 @@ def main() -> None:
     run_dir = Path(tempfile.mkdtemp(prefix="driftline-profile-"))
     started = []
     try:
-        broker = devstack.start_broker(run_dir / "logs")
+        broker = local_servers.start_broker(run_dir / "logs")
         started.append(broker)
-        server = devstack.start_redis(run_dir / "logs")
+        server = local_servers.start_redis(run_dir / "logs")
         started.append(server)
         base = Settings(profile="dev", kafka_bootstrap=broker.address, redis_url=server.address,
                         partitions=6, batch_size=args.batch_size, topic_events="bench.events",

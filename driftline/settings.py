@@ -9,11 +9,14 @@ production deployment never inherits them by accident: ``DRIFTLINE_PROFILE=prod`
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 
 def _setting(env: str, default: Any, doc: str) -> Any:
@@ -36,6 +39,8 @@ PROFILES: dict[str, dict[str, int]] = {
         "rebalance_timeout_ms": 60000,
     },
 }
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,12 @@ class Settings:
         "DRIFTLINE_HEARTBEAT_INTERVAL_MS", None, "consumer heartbeat; unset = profile value")
     rebalance_timeout_ms: int | None = _setting(
         "DRIFTLINE_REBALANCE_TIMEOUT_MS", None, "Faust rebalance timeout; unset = profile value")
+    dev_record: Path = _setting(
+        "DRIFTLINE_DEV_RECORD", Path("~/.driftline/dev-stack.json").expanduser(),
+        "where `driftline dev` records its running stack; commands with neither Kafka nor "
+        "Redis set use that stack while it is alive")
+    # Not a setting: why a recorded dev stack was not used, for the "is not set" errors.
+    stale_dev_record: str | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -109,12 +120,16 @@ class Settings:
                 object.__setattr__(self, name, value)
         if self.partitions < 1:
             raise ValueError(f"DRIFTLINE_PARTITIONS must be >= 1, got {self.partitions}")
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ValueError(f"DRIFTLINE_LOG_LEVEL={self.log_level!r}: expected one of "
+                             f"{', '.join(LOG_LEVELS)}")
+        object.__setattr__(self, "dev_record", Path(self.dev_record).expanduser())
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read every ``DRIFTLINE_*`` variable; unknown ones are an error (typos are common)."""
         environ = os.environ if environ is None else environ
-        known = {f.metadata["env"]: f for f in dataclasses.fields(cls)}
+        known = {f.metadata["env"]: f for f in _env_fields()}
         unknown = sorted(k for k in environ if k.startswith("DRIFTLINE_") and k not in known)
         if unknown:
             raise ValueError(f"unknown setting(s) {', '.join(unknown)}; see `driftline config`")
@@ -127,13 +142,38 @@ class Settings:
         values.update(overrides)
         return cls(**values)
 
+    @classmethod
+    def discover(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """:meth:`from_env`, plus the stack a running `driftline dev` recorded.
+
+        Only when neither ``DRIFTLINE_KAFKA_BOOTSTRAP`` nor ``DRIFTLINE_REDIS_URL`` is set, and
+        only if the record at ``dev_record`` is live (its process exists and its broker and
+        Redis ports accept a connection): then Kafka, Redis, the dev profile, the data dir and
+        the feature definitions come from the record, except where a variable sets them. A
+        stale record is ignored and named in the later "is not set" errors.
+        """
+        environ = os.environ if environ is None else environ
+        settings = cls.from_env(environ)
+        if settings.kafka_bootstrap or settings.redis_url or not settings.dev_record.exists():
+            return settings
+        record, stale = read_dev_record(settings.dev_record)
+        if record is None:
+            return settings.replace(stale_dev_record=stale)
+        adopted: dict[str, Any] = {"kafka_bootstrap": record["kafka_bootstrap"],
+                                   "redis_url": record["redis_url"], "profile": "dev"}
+        for name in ("data_dir", "feature_defs"):
+            if record.get(name):
+                adopted[name] = Path(record[name])
+        explicit = {f.name for f in _env_fields() if environ.get(f.metadata["env"])}
+        return cls.from_env(environ, **{k: v for k, v in adopted.items() if k not in explicit})
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
     def to_env(self) -> dict[str, str]:
         """The variables that reproduce these settings in a child process."""
         env = {}
-        for f in dataclasses.fields(self):
+        for f in _env_fields():
             value = getattr(self, f.name)
             if value is not None:
                 env[f.metadata["env"]] = str(value)
@@ -148,18 +188,68 @@ class Settings:
             if f.name.startswith("topic_")
         }
 
+    def _not_set(self, env: str) -> RuntimeError:
+        message = f"{env} is not set (run `driftline dev` or set it)"
+        if self.stale_dev_record:
+            message += f"; {self.stale_dev_record}"
+        return RuntimeError(message)
+
     @property
     def redis_url_or_fail(self) -> str:
         if not self.redis_url:
-            raise RuntimeError("DRIFTLINE_REDIS_URL is not set (run `driftline dev` or set it)")
+            raise self._not_set("DRIFTLINE_REDIS_URL")
         return self.redis_url
 
     @property
     def kafka_bootstrap_or_fail(self) -> str:
         if not self.kafka_bootstrap:
-            raise RuntimeError(
-                "DRIFTLINE_KAFKA_BOOTSTRAP is not set (run `driftline dev` or set it)")
+            raise self._not_set("DRIFTLINE_KAFKA_BOOTSTRAP")
         return self.kafka_bootstrap
+
+
+def _env_fields() -> list[dataclasses.Field]:
+    """The fields that are settings (each has a ``DRIFTLINE_*`` variable)."""
+    return [f for f in dataclasses.fields(Settings) if "env" in f.metadata]
+
+
+def _port_open(host: str, port: int, timeout: float = 0.3) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def read_dev_record(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(record, None) if the `driftline dev` record at `path` is live, else (None, why not).
+
+    The record (written by ``driftline.commands.dev_stack``) is JSON with ``pid``,
+    ``kafka_bootstrap``, ``redis_url``, ``data_dir``, ``feature_defs``, ``profile``,
+    ``endpoints`` and ``started_at``. Live means: the process exists and the first broker and
+    the Redis port accept a TCP connection.
+    """
+    try:
+        record = json.loads(path.read_text())
+        pid = int(record["pid"])
+        if pid <= 0:  # os.kill would signal a process group
+            raise ValueError(f"pid {pid}")
+        broker = urlsplit("//" + record["kafka_bootstrap"].split(",")[0].strip())
+        redis = urlsplit(record["redis_url"])
+        ports = [("broker", broker.hostname, broker.port or 9092),
+                 ("redis", redis.hostname, redis.port or 6379)]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return None, f"unreadable `driftline dev` record at {path} ({exc})"
+    stale = f"stale `driftline dev` record at {path}"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None, f"{stale} (pid {pid} gone)"
+    except PermissionError:
+        pass  # the process exists, it belongs to another user
+    for what, host, port in ports:
+        if not _port_open(host or "127.0.0.1", port):
+            return None, f"{stale} ({what} port {port} closed)"
+    return record, None
 
 
 def _parse(f: dataclasses.Field, raw: str) -> Any:
@@ -179,7 +269,7 @@ def _parse(f: dataclasses.Field, raw: str) -> Any:
 def describe() -> list[tuple[str, str, str]]:
     """(variable, default, meaning) for every setting, for `driftline config` and the README."""
     rows = []
-    for f in dataclasses.fields(Settings):
+    for f in _env_fields():
         default = "" if f.default is None else str(f.default)
         rows.append((f.metadata["env"], default, f.metadata["doc"]))
     return rows

@@ -14,12 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import redis.asyncio as aioredis
-import redis.exceptions
 from aiohttp import web
 
-from driftline.metrics import ONLINE_REQUESTS, ONLINE_SECONDS, exposition
-from driftline.online_store import feature_key, parse_row
+from driftline.adapters.metrics import ONLINE_REQUESTS, ONLINE_SECONDS, exposition
+from driftline.core.online import OnlineReader, OnlineRow, StoreUnavailable
 from driftline.serving.models import ModelHolder, ModelUnavailable
 from driftline.serving.openapi import OPENAPI
 
@@ -35,12 +33,11 @@ def _error(status: int, message: str) -> web.Response:
 
 
 class ScorerApi:
-    def __init__(self, holder: ModelHolder, redis_client: aioredis.Redis,
-                 stream_health: Callable[[], dict], redis_timeout_s: float) -> None:
+    def __init__(self, holder: ModelHolder, online: OnlineReader,
+                 stream_health: Callable[[], dict]) -> None:
         self.holder = holder
-        self.redis = redis_client
+        self.online = online
         self.stream_health = stream_health
-        self.redis_timeout_s = redis_timeout_s
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -108,8 +105,7 @@ class ScorerApi:
             return _error(exc.status, str(exc))
         return web.json_response({
             "entity_id": entity_id, "view": row.view, "view_version": row.version,
-            "event_time": row.event_time_ms,
-            "values": {k: (None if math.isnan(v) else v) for k, v in row.values.items()}})
+            "event_time": row.event_time_ms, "values": row.as_json()})
 
     async def metrics(self, request: web.Request) -> web.Response:
         payload, content_type = exposition()
@@ -123,7 +119,8 @@ class ScorerApi:
             except ApiError as exc:
                 return _error(exc.status, str(exc))
             version = body.get("version")
-            if version is not None and (not isinstance(version, int) or version < 1):
+            if version is not None and (isinstance(version, bool) or
+                                        not isinstance(version, int) or version < 1):
                 return _error(422, f"'version' must be a positive integer, got {version!r}")
         previous = self.holder.current
         try:
@@ -146,18 +143,16 @@ class ScorerApi:
         except ModelUnavailable as exc:
             raise ApiError(503, f"no model to score with: {exc}") from exc
 
-    async def _read(self, view: str, entity_id: str):
+    async def _read(self, view: str, entity_id: str) -> OnlineRow:
         if not isinstance(entity_id, str) or not entity_id:
             raise ApiError(422, "'entity_id' must be a non-empty string")
         try:
-            raw = await asyncio.wait_for(self.redis.hgetall(feature_key(view, entity_id)),
-                                         self.redis_timeout_s)
-        except (asyncio.TimeoutError, redis.exceptions.RedisError, OSError) as exc:
-            reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else str(exc)
-            raise ApiError(503, f"online store unavailable: {reason}") from exc
-        if not raw:
+            row = await self.online.read(view, entity_id)
+        except StoreUnavailable as exc:
+            raise ApiError(503, str(exc)) from exc
+        if row is None:
             raise ApiError(404, f"no online features for entity {entity_id!r} in view {view}")
-        return parse_row(view, entity_id, raw)
+        return row
 
     async def _online_features(self, entity_id: Any, model) -> tuple[np.ndarray, dict]:
         row = await self._read(model.meta.view, entity_id)
@@ -198,11 +193,19 @@ def _explicit_features(features: Any, inputs: tuple[str, ...]) -> np.ndarray:
         v = features[name]
         if v is None:
             values[i] = np.nan
-        elif isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        elif isinstance(v, bool) or not isinstance(v, int | float) or not _finite(v):
             raise ApiError(422, f"feature {name!r} must be a finite number or null, got {v!r}")
         else:
             values[i] = v
     return values
+
+
+def _finite(value: int | float) -> bool:
+    """A JSON number that is a finite double (a 400-digit integer is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _describe(model) -> dict[str, Any]:

@@ -13,12 +13,15 @@ import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnxruntime as ort
 
-from driftline.onnx_model import predict_scores
-from driftline.registry import FeatureViewLike, ModelRegistry, ModelVersion
+from driftline.adapters.onnx_model import load_session, predict_scores
+from driftline.core.registry import FeatureViewLike, ModelRegistry, ModelVersion
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +65,7 @@ def load_model(registry: ModelRegistry, name: str, version: int, threshold: floa
             f"definition is {current}: feature schema drift, refusing to serve it")
     try:
         data = registry.model_bytes(name, version)  # re-checks the sha256 from registration
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        session = load_session(data, threads=1)  # the scorer batches; one thread per call
         model = LoadedModel(meta, session, threshold)
         model.score(np.zeros((1, len(meta.inputs)), dtype=np.float32))  # trial run
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types

@@ -12,22 +12,22 @@ import logging
 import threading
 import uuid
 
-import redis.asyncio as aioredis
 from aiohttp import web
 
-from driftline import kafka
-from driftline.batch_consumer import BatchLoop
-from driftline.codec.decoder import Decoder
-from driftline.codec.errors import DecodeError
-from driftline.codec.schema_set import SchemaSet
-from driftline.dlq import DeadLetterSink
-from driftline.metrics import MODEL_SWAPS
-from driftline.registry import PRODUCTION, ModelRegistry
+from driftline.adapters import kafka
+from driftline.adapters.batch_loop import BatchLoop
+from driftline.adapters.dead_letters import DeadLetterSink
+from driftline.adapters.metrics import MODEL_SWAPS
+from driftline.adapters.redis_online import AsyncRedisOnlineReader
+from driftline.core.codec.decoder import Decoder
+from driftline.core.codec.errors import DecodeError
+from driftline.core.codec.schema_set import SchemaSet
+from driftline.core.registry import PRODUCTION, ModelRegistry
+from driftline.core.views import views_for
 from driftline.serving.api import ScorerApi
 from driftline.serving.models import ModelHolder, ModelUnavailable
 from driftline.serving.stream import ScoringPipeline
 from driftline.settings import Settings
-from driftline.views import views_for
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +99,9 @@ def run_scorer(settings: Settings) -> int:
                      settings.topic_features, pipeline, settings.batch_size,
                      settings.batch_timeout_ms / 1000, max_backoff_s=5.0)
     watcher = ModelWatcher(settings, holder, schemas)
-    timeout_s = settings.redis_timeout_ms / 1000
-    client = aioredis.Redis.from_url(settings.redis_url_or_fail, socket_timeout=timeout_s,
-                                     socket_connect_timeout=timeout_s)
-    api = ScorerApi(holder, client, loop.health, timeout_s)
+    online = AsyncRedisOnlineReader.from_url(settings.redis_url_or_fail,
+                                             settings.redis_timeout_ms / 1000)
+    api = ScorerApi(holder, online, loop.health)
     app = api.app()
 
     async def on_startup(_app: web.Application) -> None:
@@ -112,7 +111,7 @@ def run_scorer(settings: Settings) -> int:
     async def on_cleanup(_app: web.Application) -> None:
         loop.stop()
         watcher.stop()
-        await client.aclose()
+        await online.close()
 
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)

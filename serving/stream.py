@@ -16,12 +16,14 @@ from collections.abc import Sequence
 
 from confluent_kafka import Message
 
-from driftline.codec.decoder import Decoder
-from driftline.codec.feature_records import FeatureRecordReader, PredictionWriter
-from driftline.codec.single_object import encode
-from driftline.dlq import DeadLetterSink
-from driftline.kafka import CheckedProducer
-from driftline.metrics import BATCH_SECONDS, PREDICTIONS, RECORDS_DECODED
+from driftline.adapters.batch_loop import MessageBatch, PartitionId
+from driftline.adapters.dead_letters import DeadLetterSink
+from driftline.adapters.kafka import CheckedProducer
+from driftline.adapters.metrics import BATCH_SECONDS, PREDICTIONS, RECORDS_DECODED
+from driftline.core.codec.decoder import Decoder
+from driftline.core.codec.errors import VIEW_MISMATCH
+from driftline.core.codec.feature_records import FeatureRecordReader, PredictionWriter
+from driftline.core.codec.single_object import encode
 from driftline.serving.models import ModelHolder
 from driftline.serving.scoring import score_records
 
@@ -42,10 +44,10 @@ class ScoringPipeline:
     def stats(self) -> dict[str, int]:
         return {"predictions": self.scored, "dead_letters": self.dead_letters.sent}
 
-    def on_assign(self, partitions: Sequence[int]) -> dict[int, int]:
+    def on_assign(self, partitions: Sequence[PartitionId]) -> dict[PartitionId, int]:
         return {}  # stateless: resume from the committed offsets
 
-    def on_revoke(self, partitions: Sequence[int]) -> None:
+    def on_revoke(self, partitions: Sequence[PartitionId]) -> None:
         pass
 
     def _codec(self, model) -> tuple[FeatureRecordReader, PredictionWriter]:
@@ -59,7 +61,10 @@ class ScoringPipeline:
                                  model.threshold, self.decoder.schemas)))
         return self._codecs[1]
 
-    def process(self, messages: Sequence[Message]) -> None:
+    def process(self, batches: Sequence[MessageBatch]) -> None:
+        messages = [m for batch in batches for m in batch.messages]
+        if not messages:
+            return
         start = time.perf_counter()
         model = self.holder.get()  # raises ModelUnavailable -> retried, nothing dropped
         reader, writer = self._codec(model)
@@ -88,7 +93,7 @@ class ScoringPipeline:
         good = [m for i, m in enumerate(messages) if i not in failed]
         scored = score_records(model, records)
         for i, detail in scored.refused:
-            self.dead_letters.send(good[i], "view_mismatch", detail)
+            self.dead_letters.send(good[i], VIEW_MISMATCH, detail)
         schemas = self.decoder.schemas
         for prediction, i in zip(scored.predictions, scored.positions, strict=True):
             self.producer.produce(self.predictions_topic,

@@ -15,11 +15,23 @@ from pathlib import Path
 import pytest
 import redis
 
-from driftline import devstack, kafka
+from driftline.adapters import kafka
+from driftline.commands import local_servers
 from driftline.settings import Settings
 
-pytestmark = pytest.mark.integration
 _counter = itertools.count()
+_HERE = Path(__file__).resolve().parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(items):
+    """Mark every test under tests/integration `integration` (a conftest `pytestmark` is ignored).
+
+    The hook sees the whole session's items, so it marks only those collected from this directory.
+    """
+    for item in items:
+        if _HERE in item.path.resolve().parents:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
@@ -30,10 +42,10 @@ def servers(tmp_path_factory):
     redis_url = os.environ.get("DRIFTLINE_REDIS_URL")
     try:
         if not bootstrap:
-            started.append(devstack.start_broker(log_dir))
+            started.append(local_servers.start_broker(log_dir))
             bootstrap = started[-1].address
         if not redis_url:
-            started.append(devstack.start_redis(log_dir))
+            started.append(local_servers.start_redis(log_dir))
             redis_url = started[-1].address
         yield {"kafka": bootstrap, "redis": redis_url, "log_dir": log_dir}
     finally:
@@ -48,7 +60,7 @@ def settings(servers, tmp_path) -> Settings:
     topics = {f"topic_{role}": f"{run}.{role}" for role in Settings().topics}
     s = Settings(profile="dev", kafka_bootstrap=servers["kafka"], redis_url=servers["redis"],
                  data_dir=tmp_path / "data", partitions=3, group_features=f"{run}-features",
-                 worker_port=devstack.free_port(), **topics)
+                 worker_port=local_servers.free_port(), **topics)
     kafka.create_topics(s)
     return s
 
@@ -66,7 +78,7 @@ def repo_root() -> Path:
 
 def start_worker_process(settings: Settings, log_dir: Path, name: str = "worker"):
     """`driftline worker` as a child process, returned once it has partitions assigned."""
-    from driftline.stack import start_service
+    from driftline.commands.dev_stack import start_service
 
     return start_service(settings, "worker", log_dir, name=name)
 
@@ -80,7 +92,7 @@ def worker(settings, tmp_path):
 
 def start_scorer_process(settings: Settings, log_dir: Path, name: str = "scorer"):
     """`driftline serve` as a child process, returned once its stream loop has partitions."""
-    from driftline.stack import start_service
+    from driftline.commands.dev_stack import start_service
 
     return start_service(settings, "scorer", log_dir, name=name)
 
@@ -88,10 +100,10 @@ def start_scorer_process(settings: Settings, log_dir: Path, name: str = "scorer"
 @pytest.fixture(scope="session")
 def trained_registry(tmp_path_factory):
     """A registry with fraud v1 (Production) and v2 (registered, another seed), trained once."""
+    from driftline.commands.training import train_initial
+    from driftline.core.features import load_definitions
+    from driftline.core.registry import ModelRegistry
     from driftline.feature_defs import DEFINITIONS_DIR
-    from driftline.features import load_definitions
-    from driftline.registry import ModelRegistry
-    from driftline.training import train_initial
 
     root = tmp_path_factory.mktemp("registry") / "registry"
     view = load_definitions(DEFINITIONS_DIR).view("transactions_v1")

@@ -22,12 +22,12 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
-from driftline import devstack
-from driftline.backfill import audit_skew
-from driftline.demo import DemoConfig, DemoGenerator
+from driftline.adapters.offline_store import OfflineStore
+from driftline.commands import local_servers
+from driftline.commands.backfill import audit_skew
+from driftline.core.demo_events import DemoConfig, DemoGenerator
+from driftline.core.features import load_definitions
 from driftline.feature_defs import DEFINITIONS_DIR
-from driftline.features import load_definitions
-from driftline.offline_store import OfflineStore
 from tests.integration.conftest import start_worker_process
 from tests.integration.helpers import consume_all, metric_value, wait_for
 from tests.unit.features.feature_oracle import run_oracle
@@ -144,8 +144,8 @@ def test_features_equal_the_oracle_online_offline_and_on_the_topic(settings, tmp
 
 
 def run_cli(settings, *args: str) -> subprocess.CompletedProcess:
-    env = devstack.child_env(settings.to_env())
-    return subprocess.run(devstack.python_argv(*args), env=env, capture_output=True, text=True,
+    env = local_servers.child_env(settings.to_env())
+    return subprocess.run(local_servers.python_argv(*args), env=env, capture_output=True, text=True,
                           timeout=120)
 
 
@@ -215,7 +215,7 @@ def test_a_second_worker_joining_mid_stream_takes_over_partitions_with_their_sta
     second = None
     try:
         wait_done(client, settings, by_partition)
-        second = start_worker_process(settings.replace(worker_port=devstack.free_port()),
+        second = start_worker_process(settings.replace(worker_port=local_servers.free_port()),
                                       tmp_path / "logs", name="worker-2")
         # The second half arrives after the hand-off: both workers need the state of the first.
         for p, later in produce_stream(settings, events[half:]).items():
@@ -237,7 +237,7 @@ def test_redis_outage_mid_stream_is_waited_out_without_loss(settings, tmp_path):
     """Redis goes away mid-stream and comes back (same data): the worker retries with back-off
     from its last committed state and ends exactly where the oracle says."""
     redis_dir = tmp_path / "redis"
-    server = devstack.start_redis(redis_dir, persist=True)
+    server = local_servers.start_redis(redis_dir, persist=True)
     port = int(server.address.rsplit(":", 1)[1].split("/")[0])
     settings = settings.replace(redis_url=server.address, batch_size=300)
     events = make_stream(4000, 600, seed=13)
@@ -252,7 +252,7 @@ def test_redis_outage_mid_stream_is_waited_out_without_loss(settings, tmp_path):
         time.sleep(3)
         health = json.loads(urllib.request.urlopen(f"{proc.address}/health", timeout=5).read())
         assert health["status"] == "ok" and health["retrying"], health
-        server = devstack.start_redis(redis_dir, port=port, persist=True)
+        server = local_servers.start_redis(redis_dir, port=port, persist=True)
         wait_done(client, settings, by_partition)
         check_everything(settings, client, by_partition, oracle)
         metrics = urllib.request.urlopen(f"{proc.address}/metrics", timeout=5).read().decode()
@@ -273,9 +273,9 @@ def test_a_worker_that_lost_its_partition_cannot_commit_over_the_new_owner(setti
     """Zombie fencing, driven in-process on real Redis and Kafka: worker A is claimed over in
     the middle of a batch (its commit must fail), keeps trying (refused), and the partition's
     final state, Parquet rows and online values are exactly those of each event applied once."""
-    from driftline.agents.features import Fenced
     from driftline.agents.ingest import PartitionBatch
     from driftline.agents.worker import build_pipeline
+    from driftline.core.state import Fenced
 
     config = DemoConfig(seed=23, n_entities=120, events_per_second=3.0, shuffle_within_ms=20_000)
     events = DemoGenerator(config).events(1500)

@@ -15,8 +15,8 @@ import fastavro
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from driftline.codec.single_object import encode
-from driftline.kafka import create_topics
+from driftline.adapters.kafka import create_topics
+from driftline.core.codec.single_object import encode
 from tests.avro_spec import crc64_avro
 from tests.integration.helpers import (
     avro_schema,
@@ -108,10 +108,12 @@ def _pids_with(argument: str) -> list[int]:
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
 def test_dev_command_is_ready_fast_and_leaves_nothing_behind(tmp_path, stop_signal):
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLINE_")}
+    record = tmp_path / "dev-stack.json"
     env.update({"DRIFTLINE_DATA_DIR": str(tmp_path / "data"), "DRIFTLINE_PARTITIONS": "2",
-                "DRIFTLINE_WORKER_PORT": "0", "DRIFTLINE_SCORER_PORT": "0"})
+                "DRIFTLINE_WORKER_PORT": "0", "DRIFTLINE_SCORER_PORT": "0",
+                "DRIFTLINE_DEV_RECORD": str(record)})
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "driftline.cli", "dev"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "driftline.commands.cli", "dev"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     try:
@@ -133,10 +135,14 @@ def test_dev_command_is_ready_fast_and_leaves_nothing_behind(tmp_path, stop_sign
         assert get_json(endpoints["worker"].split()[0] + "/health")["status"] == "ok"
         assert "scorer" in endpoints, "the scorer service is part of the dev stack"
         assert _pids_with(f"tcp://127.0.0.1:{port}"), "broker process not found"
+        recorded = json.loads(record.read_text())
+        assert recorded["pid"] == proc.pid and recorded["kafka_bootstrap"] == bootstrap
+        assert recorded["endpoints"]["worker"] == endpoints["worker"].split()[0]
     finally:
         proc.send_signal(stop_signal)
         proc.wait(30)
     assert proc.returncode == 0
+    assert not record.exists(), "a clean stop removes the dev-stack record"
     wait_for(lambda: not _pids_with(f"tcp://127.0.0.1:{port}"), timeout=10,
              what="broker gone")
     redis_port = endpoints["redis"].rsplit(":", 1)[1].split("/")[0]
@@ -149,8 +155,86 @@ def test_dev_command_is_ready_fast_and_leaves_nothing_behind(tmp_path, stop_sign
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
 
 
+def _start_dev(env: dict[str, str], cwd) -> tuple[subprocess.Popen, list[str]]:
+    proc = subprocess.Popen([sys.executable, "-m", "driftline.commands.cli", "dev"], env=env,
+                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line.rstrip())
+        if line.strip() == "ready":
+            return proc, lines
+    proc.wait(30)
+    raise AssertionError("driftline dev exited before ready:\n" + "\n".join(lines))
+
+
+def test_commands_in_another_terminal_find_the_dev_stack_and_notice_when_it_is_gone(tmp_path):
+    from driftline.core.demo_events import DemoConfig, DemoGenerator
+
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLINE_")}
+    record = tmp_path / "home" / "dev-stack.json"
+    dev_dir, elsewhere = tmp_path / "dev", tmp_path / "elsewhere"
+    dev_dir.mkdir()
+    elsewhere.mkdir()
+    dev_env = {**bare, "DRIFTLINE_DEV_RECORD": str(record), "DRIFTLINE_PARTITIONS": "2",
+               "DRIFTLINE_WORKER_PORT": "0", "DRIFTLINE_SCORER_PORT": "0"}
+    client_env = {**bare, "DRIFTLINE_DEV_RECORD": str(record)}  # nothing else set
+
+    def driftline(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "driftline.commands.cli", *args],
+                              env=client_env, cwd=elsewhere, capture_output=True, text=True,
+                              timeout=120)
+
+    proc, lines = _start_dev(dev_env, dev_dir)  # data dir: the relative default, dev/data
+    try:
+        assert json.loads(record.read_text())["data_dir"] == str(dev_dir / "data")
+        produced = driftline("produce-demo", "--events", "200")
+        assert produced.returncode == 0, produced.stderr
+        assert json.loads(produced.stdout)["events"] == 200
+
+        events = DemoGenerator(DemoConfig(seed=7, n_entities=2000)).events(200)  # the same ones
+        entity = max({e["entity_id"] for e in events},
+                     key=lambda x: sum(e["entity_id"] == x for e in events))
+        mine = [e for e in events if e["entity_id"] == entity]
+        assert len(mine) >= 2
+
+        def served() -> dict | None:
+            got = driftline("features", "get", entity, "--json")
+            if got.returncode != 0:
+                assert f"no features for entity {entity!r}" in got.stderr, got.stderr
+                return None
+            values = json.loads(got.stdout)["views"]["transactions_v1"]["values"]
+            return values if values["txn_count_24h"] == len(mine) else None
+
+        wait_for(lambda: served() is not None, timeout=60, what=f"features of {entity}")
+        values = served()
+        assert values["amount_sum_24h"] == pytest.approx(sum(e["amount"] for e in mine))
+        assert values["last_amount_24h"] == pytest.approx(mine[-1]["amount"])
+
+        trained = driftline("models", "train-initial", "--events", "6000")
+        assert trained.returncode == 0, trained.stderr
+        assert "not published" not in trained.stderr  # it found the dev broker too
+        listed = driftline("models", "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        rows = json.loads(listed.stdout)
+        assert [(r["name"], r["version"], r["stage"]) for r in rows] == [
+            ("fraud", 1, "Production")]
+        assert (dev_dir / "data" / "registry" / "fraud").is_dir()
+        assert not (elsewhere / "data").exists(), "the dev stack's data dir, not the cwd's"
+    finally:
+        proc.kill()  # as if its terminal were closed: no chance to remove the record
+        proc.wait(30)
+    assert record.exists()
+    broker_port = json.loads(record.read_text())["kafka_bootstrap"].rsplit(":", 1)[1]
+    wait_for(lambda: not _pids_with(f"tcp://127.0.0.1:{broker_port}"), timeout=10,
+             what="broker gone")
+    gone = driftline("features", "get", entity, "--json")
+    assert gone.returncode == 2
+    assert f"stale `driftline dev` record at {record} (pid {proc.pid} gone)" in gone.stderr
+    assert "DRIFTLINE_REDIS_URL is not set" in gone.stderr
+
+
 def test_checked_producer_waits_for_queue_room_and_reports_delivery(settings):
-    from driftline.kafka import make_producer
+    from driftline.adapters.kafka import make_producer
 
     producer = make_producer(settings, **{"queue.buffering.max.messages": 5, "linger.ms": 0})
     for i in range(200):  # a plain Producer raises BufferError at the 6th
@@ -160,8 +244,8 @@ def test_checked_producer_waits_for_queue_room_and_reports_delivery(settings):
 
 
 def test_checked_producer_raises_when_deliveries_fail(settings):
-    from driftline.devstack import free_port
-    from driftline.kafka import make_producer
+    from driftline.adapters.kafka import make_producer
+    from driftline.commands.local_servers import free_port
 
     nobody = settings.replace(kafka_bootstrap=f"127.0.0.1:{free_port()}")  # a broker that is down
     producer = make_producer(nobody, **{"message.timeout.ms": 1000})

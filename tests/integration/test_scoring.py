@@ -16,11 +16,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from driftline import devstack
-from driftline.codec.single_object import encode
+from driftline.adapters.redis_online import RedisOnlineStore
+from driftline.commands import local_servers
+from driftline.core.codec.single_object import encode
+from driftline.core.features import load_definitions
+from driftline.core.online import OnlineWrite
 from driftline.feature_defs import DEFINITIONS_DIR
-from driftline.features import load_definitions
-from driftline.online_store import RedisOnlineStore
 from tests.integration.conftest import start_scorer_process
 from tests.integration.helpers import avro_schema, consume_all, get_json, produce, wait_for
 
@@ -31,7 +32,7 @@ NAMES = list(VIEW.feature_names)
 @pytest.fixture
 def scorer_settings(settings, trained_registry):
     shutil.copytree(trained_registry, settings.data_dir / "registry")
-    return settings.replace(scorer_port=devstack.free_port(), group_scorer=
+    return settings.replace(scorer_port=local_servers.free_port(), group_scorer=
                             f"{settings.group_features}-scorer", batch_size=500)
 
 
@@ -124,7 +125,7 @@ def test_every_record_gets_one_prediction_equal_to_onnxruntime(scorer_settings, 
 
 def test_promotion_under_load_switches_cleanly_and_rollback_too(scorer_settings, scorer):
     s = scorer_settings
-    env = devstack.child_env(s.to_env())
+    env = local_servers.child_env(s.to_env())
     sent: list[dict] = []
     swapped = threading.Event()
 
@@ -141,7 +142,7 @@ def test_promotion_under_load_switches_cleanly_and_rollback_too(scorer_settings,
     thread.start()
     while len(sent) < 3000:
         time.sleep(0.05)
-    promoted = subprocess.run(devstack.python_argv("models", "promote", "fraud", "2"), env=env,
+    promoted = subprocess.run(local_servers.python_argv("models", "promote", "fraud", "2"), env=env,
                               capture_output=True, text=True, timeout=60)
     assert promoted.returncode == 0, promoted.stderr
     wait_for(lambda: serving_version(scorer) == 2, timeout=30, interval=0.05,
@@ -163,7 +164,7 @@ def test_promotion_under_load_switches_cleanly_and_rollback_too(scorer_settings,
         np.testing.assert_allclose([p["score"] for p in mine], onnx_scores(s, version, mine),
                                    rtol=1e-6, atol=1e-7)
     assert serving_version(scorer) == 2
-    rolled = subprocess.run(devstack.python_argv("models", "rollback", "fraud"), env=env,
+    rolled = subprocess.run(local_servers.python_argv("models", "rollback", "fraud"), env=env,
                             capture_output=True, text=True, timeout=60)
     assert rolled.returncode == 0, rolled.stderr
     wait_for(lambda: serving_version(scorer) == 1, timeout=20, what="the rollback")
@@ -179,11 +180,9 @@ def test_http_api_scores_refuses_precisely_and_keeps_serving(scorer_settings, sc
     assert body["score"] == pytest.approx(expected, rel=1e-6)
     # Features from the online store.
     store = RedisOnlineStore(redis_client, 60)
-    pipe = redis_client.pipeline()
     row = np.array([[np.nan if record["values"][n] is None else record["values"][n]
                      for n in NAMES]])
-    store.write(pipe, VIEW.name, VIEW.version, NAMES, ["card-http"], row, [123])
-    pipe.execute()
+    store.write(OnlineWrite(VIEW.name, VIEW.version, tuple(NAMES), ["card-http"], row, [123]))
     status, online = post(f"{url}/predict", {"entity_id": "card-http"})
     assert status == 200 and online["score"] == pytest.approx(body["score"], rel=1e-6)
     assert online["features_event_time"] == 123 and online["source"] == "online_store"
@@ -209,7 +208,7 @@ def test_http_api_scores_refuses_precisely_and_keeps_serving(scorer_settings, sc
 
 
 def test_bad_models_are_refused_and_the_old_one_keeps_serving(scorer_settings, scorer):
-    from driftline.registry import ModelRegistry
+    from driftline.core.registry import ModelRegistry
 
     s, url = scorer_settings, scorer.address
     registry = ModelRegistry(s.data_dir / "registry")
@@ -235,7 +234,7 @@ def test_bad_models_are_refused_and_the_old_one_keeps_serving(scorer_settings, s
 
 
 def test_redis_down_gives_503_with_reason_quickly(scorer_settings, tmp_path):
-    redis_proc = devstack.start_redis(tmp_path / "own-redis")
+    redis_proc = local_servers.start_redis(tmp_path / "own-redis")
     s = scorer_settings.replace(redis_url=redis_proc.address)
     proc = start_scorer_process(s, tmp_path / "logs")
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from driftline.cli import build_parser
+from driftline.commands.cli import build_parser
 from driftline.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from driftline.codec import Decoder, encode
-from driftline.demo import DemoConfig, DemoGenerator
+from driftline.core.codec import Decoder, encode
+from driftline.core.demo_events import DemoConfig, DemoGenerator
 
 DAY_MS = 86_400_000
 

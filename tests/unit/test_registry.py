@@ -13,8 +13,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from driftline import registry as registry_module
-from driftline.registry import ModelRegistry, RegistryError
+from driftline.core import registry as registry_module
+from driftline.core.registry import ModelRegistry, RegistryError
 
 INPUTS = ("a", "b", "c")
 VIEW_VERSION = "1a2b3c4d5e6f"

@@ -33,6 +33,7 @@ def test_env_values_are_parsed():
     ({"DRIFTLINE_PARTITIONS": "six"}, "DRIFTLINE_PARTITIONS='six': expected a number"),
     ({"DRIFTLINE_PROFILE": "staging"}, "expected one of dev, prod"),
     ({"DRIFTLINE_PARTITIONS": "0"}, "must be >= 1"),
+    ({"DRIFTLINE_LOG_LEVEL": "loud"}, "DRIFTLINE_LOG_LEVEL='loud': expected one of debug"),
 ])
 def test_bad_settings_are_refused_with_the_variable_named(env, message):
     with pytest.raises(ValueError, match=None) as info:

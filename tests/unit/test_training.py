@@ -10,12 +10,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from driftline.demo import DemoConfig, DemoGenerator
-from driftline.feature_defs import DEFINITIONS_DIR
-from driftline.features import EventBatch, FeatureEngine, load_definitions
-from driftline.onnx_model import load_session, predict_scores
-from driftline.registry import ModelRegistry
-from driftline.training import (
+from driftline.adapters.onnx_model import load_session, predict_scores
+from driftline.commands.training import (
     ParityError,
     build_model,
     check_parity,
@@ -23,6 +19,10 @@ from driftline.training import (
     to_onnx,
     train_initial,
 )
+from driftline.core.demo_events import DemoConfig, DemoGenerator
+from driftline.core.features import EventBatch, FeatureEngine, load_definitions
+from driftline.core.registry import ModelRegistry
+from driftline.feature_defs import DEFINITIONS_DIR
 
 CREATED = 1_700_500_000_000
 N_EVENTS = 8_000

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from driftline.codec import SchemaSet
+from driftline.core.codec import SchemaSet
 
 T0 = 1_700_000_000_123
 

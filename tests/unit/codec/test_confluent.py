@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from driftline.codec import (
+from driftline.core.codec import (
     ConfluentRegistry,
     DecodeError,
     Decoder,
@@ -80,7 +80,7 @@ def test_confluent_round_trip_and_cache(decoder, schemas, event):
 
 
 def test_registered_older_version_resolves_to_reader(decoder, event):
-    from driftline.codec.schema_set import compile_schema
+    from driftline.core.codec.schema_set import compile_schema
 
     old = compile_schema(OLD_EVENT)
     value = encode_confluent(2, old, {k: v for k, v in event.items() if k != "segment"})

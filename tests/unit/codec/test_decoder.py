@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from driftline.codec import REASONS, DecodeError, Decoder, encode
+from driftline.core.codec import REASONS, DecodeError, Decoder, encode
 
 from .conftest import SAMPLES
 

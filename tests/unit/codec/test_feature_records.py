@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from driftline.codec.decoder import Decoder
-from driftline.codec.feature_records import FeatureRecordEncoder, zigzag_varint
-from driftline.codec.single_object import encode
+from driftline.core.codec.decoder import Decoder
+from driftline.core.codec.feature_records import FeatureRecordEncoder, zigzag_varint
+from driftline.core.codec.single_object import encode
 
 NAMES = ["txn_count_5m", "amount_sum_1h", "seconds_since_prev", "größe"]
 
@@ -48,7 +48,7 @@ def test_zigzag_varint_matches_the_avro_spec(n, expected):
 
 
 def test_vectorised_varints_equal_the_scalar_ones():
-    from driftline.codec.feature_records import zigzag_varints
+    from driftline.core.codec.feature_records import zigzag_varints
 
     rng = np.random.default_rng(3)
     values = np.concatenate([
@@ -72,7 +72,7 @@ def _records(n, seed=0, nulls=0.0):
 
 
 def test_reader_takes_the_fast_path_and_leaves_everything_else_to_the_generic_decoder():
-    from driftline.codec.feature_records import FeatureRecordReader
+    from driftline.core.codec.feature_records import FeatureRecordReader
 
     encoder = FeatureRecordEncoder("v", "0123456789ab", NAMES, ("segment", "channel"))
     ids, entities, times, values, slices = _records(200, nulls=0.02)
@@ -89,7 +89,7 @@ def test_reader_takes_the_fast_path_and_leaves_everything_else_to_the_generic_de
 
 
 def test_predictions_written_from_raw_pieces_equal_the_generic_encoding():
-    from driftline.codec.feature_records import FeatureRecordReader, PredictionWriter
+    from driftline.core.codec.feature_records import FeatureRecordReader, PredictionWriter
 
     encoder = FeatureRecordEncoder("v", "0123456789ab", NAMES, ("segment", "channel"))
     ids, entities, times, values, slices = _records(50, seed=4)

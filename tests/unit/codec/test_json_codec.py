@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from driftline.codec import DecodeError, Decoder, encode, to_json
+from driftline.core.codec import DecodeError, Decoder, encode, to_json
 
 from .conftest import SAMPLES
 

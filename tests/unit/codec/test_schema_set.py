@@ -7,8 +7,8 @@ import json
 import pytest
 from fastavro.schema import to_parsing_canonical_form
 
-from driftline.codec import SchemaSet, encode
-from driftline.codec.schema_set import compile_schema, strip_logical_types
+from driftline.core.codec import SchemaSet, encode
+from driftline.core.codec.schema_set import compile_schema, strip_logical_types
 from driftline.schemas import SCHEMA_DIR
 from tests.avro_spec import crc64_avro
 

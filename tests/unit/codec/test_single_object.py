@@ -8,9 +8,9 @@ import json
 import pytest
 from fastavro import schemaless_writer
 
-from driftline.codec import DecodeError, Decoder, SchemaSet, encode
-from driftline.codec.schema_set import compile_schema
-from driftline.codec.single_object import MAGIC
+from driftline.core.codec import DecodeError, Decoder, SchemaSet, encode
+from driftline.core.codec.schema_set import compile_schema
+from driftline.core.codec.single_object import MAGIC
 from driftline.schemas import SCHEMA_DIR
 
 from .conftest import SAMPLES, T0

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from driftline.features import FeatureView
+from driftline.core.features import FeatureView
 
 
 @dataclass

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from driftline.core.features import DefinitionError, RollingWindow, load_definitions
 from driftline.feature_defs import DEFINITIONS_DIR
-from driftline.features import DefinitionError, RollingWindow, load_definitions
 
 BASE = """
 entities:

@@ -9,14 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from driftline.feature_defs import DEFINITIONS_DIR
-from driftline.features import (
+from driftline.core.features import (
     AGGREGATIONS,
     EventBatch,
     FeatureEngine,
     FeatureView,
     load_definitions,
 )
+from driftline.feature_defs import DEFINITIONS_DIR
 from tests.unit.features.feature_oracle import run_oracle
 
 LATENESS_MS = 30_000

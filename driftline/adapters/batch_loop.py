@@ -1,0 +1,233 @@
+"""A consumer loop over one or more topics that hands a pipeline whole batches, on its own thread.
+
+Contract with the pipeline it drives (everything runs on the loop's thread, never concurrently):
+- ``on_assign(partitions) -> {partition: offset}``: the partitions are :class:`PartitionId`
+  (topic, partition); load state and return the offset to resume each from (state-backed), or
+  omit one to resume from the group's committed offset.
+- ``process(batches)``: one :class:`MessageBatch` per topic-partition in the consumed batch
+  (its messages in offset order); when it returns, the batch's effects have landed.
+- ``on_revoke(partitions)``: drop state for partitions this consumer no longer owns.
+Several topics are consumed by one consumer in one group: with the same partition count and
+key on each (co-partitioned, as predictions and labels are by entity), partition p of every
+topic is assigned to the same consumer (the range assignor), so a stage can join them.
+Offsets are committed to Kafka only after ``process`` returns, so a crash replays, never skips.
+When ``process`` raises (Redis or Kafka unreachable, say), the loop backs off, rebuilds the
+pipeline's state for its partitions and rewinds to where that state ends: nothing is lost and
+nothing is applied twice, however long the outage.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from driftline.adapters.metrics import BATCH_FAILURES
+
+log = logging.getLogger(__name__)
+
+
+class PartitionId(NamedTuple):
+    topic: str
+    partition: int
+
+
+@dataclass
+class MessageBatch:
+    """The messages of one topic-partition in a consumed batch, in offset order."""
+
+    topic: str
+    partition: int
+    messages: list[Message] = field(default_factory=list)
+
+
+class BatchPipeline(Protocol):
+    def on_assign(self, partitions: Sequence[PartitionId]) -> dict[PartitionId, int]: ...
+    def on_revoke(self, partitions: Sequence[PartitionId]) -> None: ...
+    def process(self, batches: Sequence[MessageBatch]) -> None: ...
+
+
+def group_by_partition(messages: Sequence[Message]) -> list[MessageBatch]:
+    """Split a consumed batch by topic-partition, keeping each one's offset order."""
+    batches: dict[tuple[str, int], MessageBatch] = {}
+    for msg in messages:
+        key = (msg.topic(), msg.partition())
+        batch = batches.get(key)
+        if batch is None:
+            batch = batches[key] = MessageBatch(key[0], key[1])
+        batch.messages.append(msg)
+    return list(batches.values())
+
+
+class BatchLoop:
+    def __init__(self, consumer_factory: Callable[[], Consumer], topics: str | Sequence[str],
+                 pipeline: BatchPipeline, batch_size: int, batch_timeout_s: float,
+                 max_backoff_s: float = 30.0) -> None:
+        self._consumer_factory = consumer_factory
+        self.topics = [topics] if isinstance(topics, str) else list(topics)
+        self.topic = ",".join(self.topics)  # for logs and /health
+        self.pipeline = pipeline
+        self.batch_size = batch_size
+        self.batch_timeout_s = batch_timeout_s
+        self.max_backoff_s = max_backoff_s
+        self.assigned: set[PartitionId] = set()
+        self.batches = 0
+        self.messages = 0
+        self.retrying: str | None = None  # the error being retried, for /health
+        self.failure: BaseException | None = None
+        self.lag: dict[str, int] = {}  # "topic/partition" -> messages behind
+        self._lag_measured_at = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"batches:{self.topic}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def healthy(self) -> bool:
+        return self.failure is None and self._thread is not None and self._thread.is_alive()
+
+    def health(self) -> dict:
+        """For ``/health``; ``retrying`` (an outage being waited out) is still healthy."""
+        body = {
+            "status": "ok" if self.healthy else "failing",
+            "topic": self.topic,
+            "assigned_partitions": sorted({p.partition for p in self.assigned}),
+            "assigned": sorted(f"{p.topic}/{p.partition}" for p in self.assigned),
+            "batches": self.batches,
+            "messages": self.messages,
+            "lag": self.lag,
+            "retrying": self.retrying,
+        }
+        stats = getattr(self.pipeline, "stats", None)
+        if stats is not None:
+            body.update(stats())
+        if self.failure is not None:
+            body["error"] = repr(self.failure)
+        return body
+
+    def _run(self) -> None:
+        try:
+            consumer = self._consumer_factory()
+            consumer.subscribe(self.topics, on_assign=self._on_assign,
+                               on_revoke=self._on_revoke, on_lost=self._on_revoke)
+            try:
+                while not self._stop.is_set():
+                    self._step(consumer)
+            finally:
+                consumer.close()
+        except BaseException as exc:  # surfaced by /health; the process must not hide it
+            self.failure = exc
+            log.exception("batch loop for %s failed", self.topic)
+
+    # -- rebalance ---------------------------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        ids = [PartitionId(tp.topic, tp.partition) for tp in partitions]
+        resume = self._retry(lambda: self.pipeline.on_assign(ids), "restoring state")
+        for tp, pid in zip(partitions, ids, strict=True):
+            if pid in resume:
+                tp.offset = resume[pid]
+        consumer.assign(partitions)
+        self.assigned.update(ids)
+        log.info("assigned %s (resume %s)", ids, resume)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        ids = [PartitionId(tp.topic, tp.partition) for tp in partitions]
+        self.pipeline.on_revoke(ids)
+        self.assigned.difference_update(ids)
+        consumer.unassign()
+        log.info("revoked %s", ids)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _step(self, consumer: Consumer) -> None:
+        raw = consumer.consume(num_messages=self.batch_size, timeout=self.batch_timeout_s)
+        self._measure_lag(consumer)
+        messages = [m for m in raw if m.error() is None]
+        if len(messages) != len(raw):
+            for msg in raw:
+                err = msg.error()
+                if err is not None and err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error on %s: %s", self.topic, err)
+        if not messages:
+            return
+        try:
+            self.pipeline.process(group_by_partition(messages))
+        except Exception as exc:  # noqa: BLE001 - any failure is retried from known state
+            BATCH_FAILURES.labels(self.topic, type(exc).__name__).inc()
+            log.warning("batch on %s failed (%r); rebuilding state and retrying", self.topic, exc)
+            self._rewind(consumer, messages)
+            return
+        try:
+            consumer.commit(offsets=_next_offsets(messages), asynchronous=False)
+        except KafkaException as exc:  # e.g. revoked meanwhile; state-backed offsets rule
+            log.warning("offset commit on %s failed: %s", self.topic, exc)
+        self.batches += 1
+        self.messages += len(messages)
+
+    def _rewind(self, consumer: Consumer, failed: Sequence[Message]) -> None:
+        first: dict[PartitionId, int] = {}
+        for msg in failed:
+            first.setdefault(PartitionId(msg.topic(), msg.partition()), msg.offset())
+        partitions = sorted(self.assigned)
+
+        def rebuild() -> dict[PartitionId, int]:
+            self.pipeline.on_revoke(partitions)
+            return self.pipeline.on_assign(partitions)
+
+        resume = self._retry(rebuild, "rebuilding state after a failed batch", first_wait=0.5)
+        for p in partitions:
+            offset = resume.get(p, first.get(p))
+            if offset is not None:
+                consumer.seek(TopicPartition(p.topic, p.partition, offset))
+
+    def _retry(self, action: Callable[[], dict[PartitionId, int]], what: str,
+               first_wait: float = 0.0) -> dict[PartitionId, int]:
+        wait = first_wait
+        while True:
+            if wait:
+                self._stop.wait(wait)
+            try:
+                result = action()
+                self.retrying = None
+                return result
+            except Exception as exc:  # noqa: BLE001
+                if self._stop.is_set():
+                    raise
+                self.retrying = f"{what}: {exc!r}"
+                wait = min(max(wait * 2, 0.5), self.max_backoff_s)
+                log.warning("%s on %s failed (%r); retrying in %.1fs", what, self.topic, exc,
+                            wait)
+
+    def _measure_lag(self, consumer: Consumer) -> None:
+        """Messages behind the high watermark per assigned partition, at most once a second."""
+        now = time.monotonic()
+        if now - self._lag_measured_at < 1.0 or not self.assigned:
+            return
+        self._lag_measured_at = now
+        lag = {}
+        positions = consumer.position([TopicPartition(p.topic, p.partition)
+                                       for p in self.assigned])
+        for tp in positions:
+            low, high = consumer.get_watermark_offsets(tp, cached=True) or (0, 0)
+            position = tp.offset if tp.offset >= 0 else low
+            lag[f"{tp.topic}/{tp.partition}"] = max(high - position, 0)
+        self.lag = lag
+
+
+def _next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
+    # Offsets grow within a partition, so the last message of each partition wins.
+    last = {(m.topic(), m.partition()): m.offset() for m in messages}
+    return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]

