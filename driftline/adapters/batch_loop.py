@@ -55,12 +55,16 @@ class BatchPipeline(Protocol):
 def group_by_partition(messages: Sequence[Message]) -> list[MessageBatch]:
     """Split a consumed batch by topic-partition, keeping each one's offset order."""
     batches: dict[tuple[str, int], MessageBatch] = {}
-    for msg in messages:
+    current: list[Message] = []
+    last: tuple[str, int] | None = None
+    for msg in messages:  # a consumed batch comes in runs of one partition: look up per run
         key = (msg.topic(), msg.partition())
-        batch = batches.get(key)
-        if batch is None:
-            batch = batches[key] = MessageBatch(key[0], key[1])
-        batch.messages.append(msg)
+        if key != last:
+            batch = batches.get(key)
+            if batch is None:
+                batch = batches[key] = MessageBatch(key[0], key[1])
+            current, last = batch.messages, key
+        current.append(msg)
     return list(batches.values())
 
 

@@ -16,7 +16,6 @@ import urllib.request
 import zlib
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -30,7 +29,7 @@ from driftline.core.features import load_definitions
 from driftline.feature_defs import DEFINITIONS_DIR
 from tests.integration.conftest import start_worker_process
 from tests.integration.helpers import consume_all, metric_value, wait_for
-from tests.unit.features.feature_oracle import run_oracle
+from tests.unit.features.feature_oracle import run_oracle_by_partition
 
 VIEW = load_definitions(DEFINITIONS_DIR).view("transactions_v1")
 
@@ -68,12 +67,7 @@ def produce_stream(settings, events: list[dict]) -> dict[int, list[dict]]:
 
 def expected(by_partition: dict[int, list[dict]]):
     """Oracle results per partition, with seq = the Kafka offset."""
-    results = {}
-    for p, events in by_partition.items():
-        frame = pd.DataFrame(events).rename(columns={"entity_id": "entity"})
-        frame["seq"] = np.arange(len(frame))
-        results[p] = run_oracle(VIEW, frame, batch_ends=[len(frame)])
-    return results
+    return run_oracle_by_partition(VIEW, by_partition)
 
 
 def committed(client: redis.Redis, settings) -> dict[int, int]:

@@ -14,7 +14,6 @@ import zlib
 
 import fastavro
 import numpy as np
-import pandas as pd
 import pytest
 
 from driftline.adapters.batch_loop import PartitionId
@@ -31,7 +30,7 @@ from driftline.core.state import Fenced, MemoryStateBackend, PartitionState
 from driftline.feature_defs import DEFINITIONS_DIR
 from tests.fakes import RecordingProducer, batches, messages
 from tests.integration.helpers import avro_schema
-from tests.unit.features.feature_oracle import run_oracle
+from tests.unit.features.feature_oracle import run_oracle_by_partition
 
 VIEW = load_definitions(DEFINITIONS_DIR).view("transactions_v1")
 EVENTS, FEATURES, DLQ = "events", "features", "dlq"
@@ -85,12 +84,7 @@ def feed(worker: Worker, stream, lo: int, hi: int) -> None:
 
 
 def oracle(stream):
-    out = {}
-    for p, events in stream.items():
-        frame = pd.DataFrame(events).rename(columns={"entity_id": "entity"})
-        frame["seq"] = np.arange(len(frame))
-        out[p] = run_oracle(VIEW, frame, batch_ends=[len(frame)])
-    return out
+    return run_oracle_by_partition(VIEW, stream)
 
 
 def check(backend: MemoryStateBackend, root, stream) -> None:

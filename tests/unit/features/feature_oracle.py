@@ -97,3 +97,14 @@ def run_oracle(view: FeatureView, events: pd.DataFrame, batch_ends: list[int]) -
             touched = []
     result.final_online = {e: _online(view, rows) for e, rows in applied.items()}
     return result
+
+
+def run_oracle_by_partition(view: FeatureView, by_partition: dict[int, list[dict]]
+                            ) -> dict[int, OracleResult]:
+    """The oracle over each partition's events (dicts in offset order), seq = the offset."""
+    results = {}
+    for p, events in by_partition.items():
+        frame = pd.DataFrame(events).rename(columns={"entity_id": "entity"})
+        frame["seq"] = np.arange(len(frame))
+        results[p] = run_oracle(view, frame, batch_ends=[len(frame)])
+    return results
