@@ -47,10 +47,8 @@ class IngestPipeline:
         self.downstream = downstream
 
     def on_assign(self, partitions: Sequence[PartitionId]) -> dict[PartitionId, int]:
-        topics = {p.topic for p in partitions}
         resume = self.downstream.on_assign([p.partition for p in partitions])
-        return {PartitionId(topic, p): offset for topic in topics
-                for p, offset in resume.items()}
+        return {p: resume[p.partition] for p in partitions if p.partition in resume}
 
     def stats(self) -> dict[str, int]:
         return {"dead_letters": self.dead_letters.sent, **self.downstream.stats()}

@@ -105,7 +105,7 @@ class Settings:
     rebalance_timeout_ms: int | None = _setting(
         "DRIFTLINE_REBALANCE_TIMEOUT_MS", None, "Faust rebalance timeout; unset = profile value")
     dev_record: Path = _setting(
-        "DRIFTLINE_DEV_RECORD", Path("~/.driftline/dev-stack.json").expanduser(),
+        "DRIFTLINE_DEV_RECORD", Path("~/.driftline/dev-stack.json"),
         "where `driftline dev` records its running stack; commands with neither Kafka nor "
         "Redis set use that stack while it is alive")
     # Not a setting: why a recorded dev stack was not used, for the "is not set" errors.

@@ -64,14 +64,13 @@ class RedisStateBackend:
 
     def load(self, partition: int, topics: Sequence[str], stores: Sequence[str]) -> Restored:
         pipe = self.client.pipeline(transaction=True)
-        pipe.get(self.epoch_key(partition))
         for topic in topics:
             pipe.hget(self.offsets_key(topic), str(partition))
             pipe.hget(self.commits_key(topic), str(partition))
         for store in stores:
             pipe.lrange(self.log_key(store, partition), 0, -1)
         replies = iter(pipe.execute())
-        restored = Restored(partition, int(next(replies) or 0))
+        restored = Restored(partition)
         for topic in topics:
             offset, commit = next(replies), next(replies)
             if offset is not None:

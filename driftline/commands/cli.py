@@ -115,7 +115,7 @@ def cmd_features(args: argparse.Namespace, settings: Settings) -> int:
         row = store.read(v.name, args.entity)
         if row is not None:
             found[v.name] = {"version": row.version, "event_time": row.event_time_ms,
-                             "values": {k: (None if x != x else x) for k, x in row.values.items()}}
+                             "values": row.as_json()}
     if not found:
         print(f"no features for entity {args.entity!r}", file=sys.stderr)
         return 1

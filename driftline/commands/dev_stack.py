@@ -98,7 +98,7 @@ def spawn_service(settings: Settings, service: str, log_dir, name: str | None = 
     port = port or local_servers.free_port()
     env = local_servers.child_env(settings.replace(**{f"{role}_port": port}).to_env())
     return local_servers.spawn(name or service, local_servers.python_argv(command), log_dir,
-                          f"http://{host}:{port}", env=env)
+                               f"http://{host}:{port}", env=env)
 
 
 def wait_consuming(proc: ManagedProcess, timeout: float = 60.0) -> ManagedProcess:

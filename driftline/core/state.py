@@ -57,7 +57,7 @@ class Restored:
     """What a partition's state holds when it is assigned."""
 
     partition: int
-    epoch: int
+    epoch: int = 0  # the epoch this owner claimed; set by PartitionState.assign
     offsets: dict[str, int] = field(default_factory=dict)  # topic -> next offset to consume
     last_commits: dict[str, CommitRecord] = field(default_factory=dict)  # topic -> last batch
     logs: dict[str, list[dict[str, np.ndarray]]] = field(default_factory=dict)  # store -> log
@@ -141,7 +141,7 @@ class PartitionState:
         for p in partitions:
             epoch = self.backend.claim(p)  # before loading: later commits are ours alone
             state = self.backend.load(p, self.topics, self.stores)
-            state.epoch = epoch
+            state.epoch = epoch  # backends load what was committed; the claim is ours
             self.epochs[p] = epoch
             for store in self.stores:
                 self._lengths[(store, p)] = len(state.logs.get(store, []))
@@ -211,7 +211,7 @@ class MemoryStateBackend:
         return self.epochs[partition]
 
     def load(self, partition: int, topics: Sequence[str], stores: Sequence[str]) -> Restored:
-        restored = Restored(partition, self.epochs.get(partition, 0))
+        restored = Restored(partition)
         for topic in topics:
             if (topic, partition) in self.offsets:
                 restored.offsets[topic] = self.offsets[(topic, partition)]
