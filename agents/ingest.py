@@ -1,14 +1,18 @@
 """Decode a batch of raw event messages; route what fails to the dead-letter topic.
 
 ``IngestPipeline`` is the :class:`BatchPipeline` the worker's reader drives. It decodes every
-message (JSON, Avro single-object or Confluent wire format), sends each failure to the DLQ with
-its reason, groups the good records by partition in offset order and hands them to the
-downstream stage (the feature pipeline). A bad message never stops the batch.
+message (JSON, Avro single-object or Confluent wire format), checks each decoded event time
+against the source's event-time guard (``driftline.core.event_time``: too far ahead of this
+process's clock, or before the plausible floor), sends each failure to the DLQ with its reason,
+groups the good records by partition in offset order and hands them to the downstream stage (the
+feature pipeline). A bad message never stops the batch, and a guarded one never reaches a
+watermark or the offline store.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -18,6 +22,7 @@ from driftline.adapters.batch_loop import MessageBatch, PartitionId
 from driftline.adapters.dead_letters import DeadLetterSink
 from driftline.adapters.kafka import CheckedProducer
 from driftline.adapters.metrics import MESSAGES_CONSUMED, RECORDS_DECODED
+from driftline.core.event_time import EventTimeGuard
 
 
 @dataclass
@@ -38,13 +43,23 @@ class Downstream(Protocol):
     def stats(self) -> dict[str, int]: ...
 
 
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 class IngestPipeline:
+    """`guard` is the event-time guard of the topic's source (None: no guard); `clock_ms` the
+    wall clock it compares with, read once per batch."""
+
     def __init__(self, decoder, dead_letters: DeadLetterSink, producer: CheckedProducer,
-                 downstream: Downstream) -> None:
+                 downstream: Downstream, *, guard: EventTimeGuard | None = None,
+                 clock_ms: Callable[[], int] = wall_clock_ms) -> None:
         self.decoder = decoder
         self.dead_letters = dead_letters
         self.producer = producer
         self.downstream = downstream
+        self.guard = guard
+        self.clock_ms = clock_ms
 
     def on_assign(self, partitions: Sequence[PartitionId]) -> dict[PartitionId, int]:
         resume = self.downstream.on_assign([p.partition for p in partitions])
@@ -66,8 +81,17 @@ class IngestPipeline:
         failed = {index for index, _ in failures}
         for index, error in failures:
             self.dead_letters.send(messages[index], error.reason, error.detail)
+        RECORDS_DECODED.labels(topic).inc(len(records))
+        good = [m for i, m in enumerate(messages) if i not in failed]
+        if self.guard is not None:
+            rejected = self.guard.reject(records, self.clock_ms())
+            if rejected:
+                for r in rejected:
+                    self.dead_letters.send(good[r.index], r.reason, r.detail)
+                drop = {r.index for r in rejected}
+                good = [m for i, m in enumerate(good) if i not in drop]
+                records = [rec for i, rec in enumerate(records) if i not in drop]
         by_partition: dict[int, PartitionBatch] = {}
-        good = (m for i, m in enumerate(messages) if i not in failed)
         for msg, record in zip(good, records, strict=True):
             batch = by_partition.get(msg.partition())
             if batch is None:
@@ -76,7 +100,6 @@ class IngestPipeline:
             batch.offsets.append(msg.offset())
             batch.messages.append(msg)
             batch.append_times_ms.append(msg.timestamp()[1])
-        RECORDS_DECODED.labels(topic).inc(len(records))
         self.downstream.process(list(by_partition.values()))
         # Dead letters and downstream output are durable before the reader commits the offsets.
         self.producer.flush_or_raise()

@@ -15,6 +15,7 @@ from driftline.agents.features import FeatureStage
 from driftline.agents.ingest import IngestPipeline
 from driftline.core.codec.decoder import Decoder
 from driftline.core.codec.schema_set import SchemaSet
+from driftline.core.event_time import EventTimeGuard
 from driftline.core.features import FeatureView
 from driftline.core.state import PartitionState
 from driftline.core.views import views_for
@@ -46,7 +47,8 @@ def build_pipeline(settings: Settings) -> IngestPipeline:
         producer=producer, features_topic=settings.topic_features,
         dead_letters=dead_letters, schemas=schemas)
     decoder = Decoder.for_settings(settings, views[0].source.schema, schemas)
-    return IngestPipeline(decoder, dead_letters, producer, stage)
+    guard = EventTimeGuard.strictest(v.source for v in views)
+    return IngestPipeline(decoder, dead_letters, producer, stage, guard=guard)
 
 
 def run_worker(settings: Settings) -> int:

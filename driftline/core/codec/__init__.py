@@ -9,6 +9,8 @@ from driftline.core.codec.decoder import Decoder
 from driftline.core.codec.errors import (
     ALL_REASONS,
     DECODE_ERROR,
+    FUTURE_EVENT_TIME,
+    INVALID_EVENT_TIME,
     LATE,
     REASONS,
     SCHEMA_MISMATCH,
@@ -25,6 +27,8 @@ from driftline.core.codec.single_object import encode
 __all__ = [
     "ALL_REASONS",
     "DECODE_ERROR",
+    "FUTURE_EVENT_TIME",
+    "INVALID_EVENT_TIME",
     "LATE",
     "REASONS",
     "SCHEMA_MISMATCH",

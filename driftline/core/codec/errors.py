@@ -24,8 +24,13 @@ LATE = "late"
 """The event is older than its partition's watermark allows (feature stage)."""
 VIEW_MISMATCH = "view_mismatch"
 """The feature record was computed by another view version than the served model's (scorer)."""
+FUTURE_EVENT_TIME = "future_event_time"
+"""The event time is further ahead of the reader's clock than its source allows (event-time
+guard, `driftline.core.event_time`)."""
+INVALID_EVENT_TIME = "invalid_event_time"
+"""The event time is before its source's earliest plausible time (event-time guard)."""
 
-ALL_REASONS = (*REASONS, LATE, VIEW_MISMATCH)
+ALL_REASONS = (*REASONS, LATE, VIEW_MISMATCH, FUTURE_EVENT_TIME, INVALID_EVENT_TIME)
 """Every dead-letter reason code of every stage; a new one is added here and nowhere else."""
 
 

@@ -61,6 +61,10 @@ class Source:
     allowed_lateness_ms: int
     fields: Mapping[str, str]  # field name -> "numeric" | "string"
     slices: tuple[str, ...] = ()
+    # The event-time guard (driftline.core.event_time): not part of any view's version, since it
+    # decides which inputs are plausible at arrival, not how an accepted event is aggregated.
+    max_future_skew_ms: int = 5 * 60_000
+    min_event_time_ms: int = 946_684_800_000  # 2000-01-01T00:00:00Z
 
 
 @dataclass(frozen=True)

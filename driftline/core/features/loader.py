@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,8 @@ _KEYS = {
     "entities": ({"key"}, {"key"}),
     "sources": (
         {"topic", "schema", "event_time", "fields"},
-        {"topic", "schema", "event_time", "fields", "allowed_lateness", "slices"},
+        {"topic", "schema", "event_time", "fields", "allowed_lateness", "slices",
+         "max_future_skew", "min_event_time"},
     ),
     "features": ({"aggregation", "window"}, {"aggregation", "window", "field"}),
     "views": ({"entity", "source", "features"}, {"entity", "source", "features", "slices"}),
@@ -51,6 +53,8 @@ _WINDOW_KEYS = {"rolling": {"size"}, "tumbling": {"size"}, "hopping": {"size", "
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 DEFAULT_LATENESS_S = 60
+DEFAULT_MAX_FUTURE_SKEW = "5m"
+DEFAULT_MIN_EVENT_TIME = date(2000, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -201,7 +205,36 @@ def _source(name: str, body: Mapping[str, Any], where: _Where) -> Source:
         allowed_lateness_ms=parse_duration_ms(lateness, where.at("allowed_lateness")),
         fields=fields,
         slices=slices,
+        max_future_skew_ms=parse_duration_ms(body.get("max_future_skew", DEFAULT_MAX_FUTURE_SKEW),
+                                             where.at("max_future_skew")),
+        min_event_time_ms=parse_instant_ms(body.get("min_event_time", DEFAULT_MIN_EVENT_TIME),
+                                           where.at("min_event_time")),
     )
+
+
+def parse_instant_ms(value: object, where: _Where) -> int:
+    """A date (``2000-01-01``, UTC midnight), an ISO-8601 time (naive means UTC) or integer epoch
+    milliseconds -> positive epoch ms."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise where.error(f"bad time {value!r} (expected e.g. 2000-01-01, "
+                              "2000-01-01T00:00:00Z or integer epoch milliseconds)") from None
+    if isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        ms = int(value.timestamp() * 1000)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        ms = value
+    else:
+        raise where.error(f"bad time {value!r} (expected e.g. 2000-01-01, "
+                          "2000-01-01T00:00:00Z or integer epoch milliseconds)")
+    if ms <= 0:
+        raise where.error(f"time must be after 1970-01-01, got {value!r}")
+    return ms
 
 
 def _check_slices(slices: tuple[str, ...], fields: Mapping[str, str], where: _Where) -> None:

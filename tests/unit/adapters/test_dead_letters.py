@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 
 from driftline.adapters.dead_letters import DeadLetterSink
-from driftline.core.codec import ALL_REASONS, LATE, REASONS, VIEW_MISMATCH, Decoder, SchemaSet
+from driftline.core.codec import (
+    ALL_REASONS,
+    FUTURE_EVENT_TIME,
+    INVALID_EVENT_TIME,
+    LATE,
+    REASONS,
+    VIEW_MISMATCH,
+    Decoder,
+    SchemaSet,
+)
 from tests.fakes import FakeMessage, RecordingProducer
 
 SCHEMAS = SchemaSet.load()
@@ -17,8 +26,9 @@ def _sink() -> tuple[DeadLetterSink, RecordingProducer]:
 
 
 def test_the_reason_list_is_the_decoder_reasons_plus_the_stage_reasons():
-    assert ALL_REASONS == (*REASONS, LATE, VIEW_MISMATCH)
-    assert (LATE, VIEW_MISMATCH) == ("late", "view_mismatch")
+    assert ALL_REASONS == (*REASONS, LATE, VIEW_MISMATCH, FUTURE_EVENT_TIME, INVALID_EVENT_TIME)
+    assert (LATE, VIEW_MISMATCH, FUTURE_EVENT_TIME, INVALID_EVENT_TIME) == (
+        "late", "view_mismatch", "future_event_time", "invalid_event_time")
     assert len(set(ALL_REASONS)) == len(ALL_REASONS)
 
 

@@ -65,6 +65,10 @@ def test_defaults_and_durations(tmp_path):
         ("topic: driftline.events", "topic: other.topic", False),
         ("slices: [segment]", "slices: []", False),
         ("  v1: {", "  renamed: {", False),
+        # The event-time guard decides which inputs are plausible, not how they aggregate.
+        ("event_time: event_time", "event_time: event_time\n    max_future_skew: 1h", False),
+        ("event_time: event_time", "event_time: event_time\n    min_event_time: 2020-01-01",
+         False),
     ],
 )
 def test_version_changes_exactly_when_definitions_do(tmp_path, old, new, changes):
@@ -75,7 +79,31 @@ def test_version_changes_exactly_when_definitions_do(tmp_path, old, new, changes
     assert (before != after) is changes
 
 
+@pytest.mark.parametrize(
+    ("lines", "skew_ms", "floor_ms"),
+    [
+        ("", 300_000, 946_684_800_000),  # defaults: 5 minutes, 2000-01-01
+        ("max_future_skew: 30s\n    min_event_time: 2020-01-01", 30_000, 1_577_836_800_000),
+        ("min_event_time: 2020-01-01T00:00:01Z", 300_000, 1_577_836_801_000),
+        ("min_event_time: '2020-01-01T01:00:00+01:00'", 300_000, 1_577_836_800_000),
+        ("min_event_time: 1577836800000\n    max_future_skew: 2h", 7_200_000, 1_577_836_800_000),
+    ],
+)
+def test_event_time_guard_settings(tmp_path, lines, skew_ms, floor_ms):
+    text = BASE.replace("event_time: event_time", f"event_time: event_time\n    {lines}")
+    source = load_definitions(write(tmp_path, text)).sources["tx"]
+    assert (source.max_future_skew_ms, source.min_event_time_ms) == (skew_ms, floor_ms)
+
+
 BROKEN = [
+    ("event_time: event_time", "event_time: event_time\n    min_event_time: yesterday",
+     "sources.tx.min_event_time: bad time 'yesterday'"),
+    ("event_time: event_time", "event_time: event_time\n    min_event_time: -5",
+     "sources.tx.min_event_time: time must be after 1970-01-01"),
+    ("event_time: event_time", "event_time: event_time\n    max_future_skew: soon",
+     "sources.tx.max_future_skew: bad duration 'soon'"),
+    ("event_time: event_time", "event_time: event_time\n    max_future_skews: 5m",
+     "max_future_skews"),
     (
         "kind: rolling, size: 1h}}\n  merchants",
         "kind: slidng, size: 1h}}\n  merchants",
