@@ -35,6 +35,10 @@ _CHECKED_STAGES = (STAGING, PRODUCTION)  # entering these requires a matching fe
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
+PROFILE_FILE = "reference_profile.json"
+PREVIOUS_PROFILE_FILE = "reference_profile.previous.json"
+
+
 class RegistryError(Exception):
     """A refused registry operation; the message says what and why."""
 
@@ -147,8 +151,13 @@ class ModelRegistry:
         self, name: str, onnx_bytes: bytes, *, view: str, view_version: str,
         inputs: Sequence[str], training_range: tuple[int, int], metrics: Mapping[str, float],
         parent: int | None, created_at_ms: int, tags: Mapping[str, str] | None = None,
+        reference_profile: Mapping[str, Any] | None = None,
     ) -> ModelVersion:
-        """Store a new version (stage None) after checking the bytes are a valid ONNX model."""
+        """Store a new version (stage None) after checking the bytes are a valid ONNX model.
+
+        `reference_profile` is the JSON form of the training data's reference profile (the
+        monitor's baseline for data drift), stored beside the model as
+        ``reference_profile.json``."""
         if not _NAME.fullmatch(name):
             raise RegistryError(f"invalid model name {name!r}: letters, digits, '_', '.', '-'")
         inputs = tuple(inputs)
@@ -178,8 +187,30 @@ class ModelRegistry:
             tmp = Path(tempfile.mkdtemp(dir=self.root / name / "versions", prefix=".tmp-"))
             (tmp / "model.onnx").write_bytes(onnx_bytes)
             (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+            if reference_profile is not None:
+                (tmp / PROFILE_FILE).write_text(json.dumps(reference_profile, sort_keys=True))
             os.replace(tmp, self._version_dir(name, version))
         return self.get(name, version)
+
+    def reference_profile(self, name: str, version: int) -> dict[str, Any] | None:
+        """The version's reference profile (JSON form), or None if it was registered without."""
+        self.get(name, version)  # an unknown version is an error, not a missing profile
+        try:
+            return json.loads((self._version_dir(name, version) / PROFILE_FILE).read_text())
+        except FileNotFoundError:
+            return None
+
+    def replace_reference_profile(self, name: str, version: int,
+                                  profile: Mapping[str, Any]) -> None:
+        """Make `profile` the version's reference (``driftline reference rebase``), atomically;
+        the one it replaces is kept as ``reference_profile.previous.json``."""
+        self.get(name, version)
+        folder = self._version_dir(name, version)
+        with self._locked(name):
+            current = folder / PROFILE_FILE
+            if current.exists():
+                _atomic_write(folder / PREVIOUS_PROFILE_FILE, current.read_bytes())
+            _atomic_write(current, json.dumps(profile, sort_keys=True).encode())
 
     def transition(
         self, name: str, version: int, to_stage: str, *, at_ms: int, reason: str,

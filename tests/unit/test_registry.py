@@ -353,3 +353,22 @@ def test_concurrent_registrations_get_distinct_versions(reg: ModelRegistry):
         p.join(60)
     assert [p.exitcode for p in procs] == [0, 0, 0]
     assert [m.version for m in reg.versions("fraud")] == list(range(1, 16))
+
+
+def test_a_reference_profile_is_stored_with_its_version_and_can_be_rebased(reg: ModelRegistry):
+    profile = {"rows": 3, "numeric": {"f0": {"edges": [0.5], "counts": [1, 2]}}}
+    with_profile = reg.register(
+        "fraud", onnx_model(len(INPUTS)), view="txn", view_version=VIEW_VERSION, inputs=INPUTS,
+        training_range=(10, 20), metrics={}, parent=None, created_at_ms=1,
+        reference_profile=profile)
+    without = register(reg)
+    assert reg.reference_profile("fraud", with_profile.version) == profile
+    assert reg.reference_profile("fraud", without.version) is None
+    with pytest.raises(RegistryError, match="unknown model version"):
+        reg.reference_profile("fraud", 99)
+    rebased = {**profile, "rows": 7}
+    reg.replace_reference_profile("fraud", with_profile.version, rebased)
+    assert reg.reference_profile("fraud", with_profile.version) == rebased
+    folder = reg.model_path("fraud", with_profile.version).parent
+    assert json.loads((folder / "reference_profile.previous.json").read_text()) == profile
+    assert not list(folder.glob(".*tmp*")), "no temporary file left behind"
