@@ -114,7 +114,7 @@ def test_features_of_another_view_version_are_409(api):
 
 @pytest.mark.parametrize("raw, message", [
     (b"{not json", "request body is not valid JSON"),
-    (b"", "request body is not valid JSON"),
+    (b"", "request body is missing: send a JSON object"),
     (b"[1, 2]", "request body must be a JSON object, got list"),
     (b'"card-1"', "request body must be a JSON object, got str"),
 ])
