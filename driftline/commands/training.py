@@ -27,6 +27,7 @@ from sklearn.pipeline import Pipeline
 from driftline.adapters.onnx_model import load_session, predict_scores
 from driftline.core.demo_events import DemoConfig, DemoGenerator
 from driftline.core.features import EventBatch, FeatureEngine, FeatureView
+from driftline.core.monitoring.profile import ReferenceProfile
 from driftline.core.registry import ModelRegistry, ModelVersion
 
 MISSING_VALUE = -1.0  # what an undefined feature (NaN) becomes inside the model
@@ -68,6 +69,7 @@ class TrainingSet:
     X: np.ndarray  # float64, NaN where undefined
     y: np.ndarray  # int64 0/1
     event_time_ms: np.ndarray  # int64
+    slices: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # str per row
 
 
 def demo_training_set(view: FeatureView, events: Sequence[dict[str, Any]],
@@ -83,7 +85,18 @@ def demo_training_set(view: FeatureView, events: Sequence[dict[str, Any]],
     order = np.argsort(times, kind="stable")
     # Rounded to float32 as served, so scikit-learn and ONNX split on the same values.
     X = features.values[keep].astype(np.float32).astype(np.float64)
-    return TrainingSet(X[order], y[order], times[order])
+    kept = [e for e, k in zip(events, keep, strict=True) if k]
+    slices = {s: np.array([str(e[s]) for e in kept])[order] for s in view.slices}
+    return TrainingSet(X[order], y[order], times[order], slices)
+
+
+def reference_profile(view: FeatureView, data: TrainingSet, rows: slice,
+                      scores: np.ndarray) -> ReferenceProfile:
+    """The monitor's data-drift baseline: the training rows' features, scores (as the ONNX
+    model computes them), slices and labels, binned (``driftline.core.monitoring.profile``)."""
+    return ReferenceProfile.from_columns(
+        {name: data.X[rows, j] for j, name in enumerate(view.feature_names)}, score=scores,
+        slices={s: values[rows] for s, values in data.slices.items()}, label=data.y[rows])
 
 
 def build_model(seed: int) -> Pipeline:
@@ -142,6 +155,8 @@ def train_initial(
     model = build_model(seed).fit(data.X[train], y_train)
     onnx_bytes = to_onnx(model, len(view.feature_names))
     diff = check_parity(model, onnx_bytes, data.X[test])
+    profile = reference_profile(view, data, train,
+                                predict_scores(load_session(onnx_bytes), data.X[train]))
     scores = model.predict_proba(data.X[test])[:, 1]
     metrics = {
         "roc_auc": float(roc_auc_score(y_test, scores)),
@@ -160,7 +175,8 @@ def train_initial(
         tags={"trainer": "driftline.commands.training.train_initial",
               "estimator": "GradientBoosting",
               "missing_value": str(MISSING_VALUE), "demo_seed": str(seed),
-              "holdout_from_ms": str(int(test_times[0]))})
+              "holdout_from_ms": str(int(test_times[0]))},
+        reference_profile=profile.to_json())
     registry.promote(model_name, version.version, at_ms=created_at_ms,
                      reason="initial model trained on demo history",
                      current_views={view.name: view})

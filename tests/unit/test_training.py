@@ -125,3 +125,28 @@ def test_predict_scores_rejects_a_vector(trained):
     session = load_session(registry.model_path("fraud", version.version), threads=1)
     with pytest.raises(ValueError, match="2-d feature matrix"):
         predict_scores(session, np.zeros(19))
+
+
+def test_the_reference_profile_is_the_training_rows_binned(trained, view):
+    """Stored with the version: every feature, the ONNX score, the slices and the label of the
+    training rows (not the holdout), so the monitor compares live traffic with what the model
+    was fitted on."""
+    from driftline.core.monitoring.profile import ReferenceProfile
+
+    registry, version, report = trained
+    profile = ReferenceProfile.from_json(registry.reference_profile("fraud", version.version))
+    assert profile.names == [*view.feature_names, "score", *view.slices, "label"]
+    assert profile.rows == report.n_train
+    generator = DemoGenerator(DemoConfig(seed=SEED))
+    events = generator.events(N_EVENTS)
+    data = demo_training_set(view, events, generator.labels_for(events))
+    train = slice(0, report.n_train)
+    labels = profile["label"].histogram
+    assert labels.counts.tolist()[:2] == [int((data.y[train] == 0).sum()),
+                                          int((data.y[train] == 1).sum())]
+    segments = profile["segment"].histogram
+    assert segments.total == report.n_train and segments.unseen == 0
+    scores = predict_scores(load_session(registry.model_bytes("fraud", 1)), data.X[train])
+    again = profile.select(["score"]).recount({"score": scores})
+    np.testing.assert_array_equal(again["score"].histogram.counts,
+                                  profile["score"].histogram.counts)
