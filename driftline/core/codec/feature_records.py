@@ -150,17 +150,18 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _skip_string(data: bytes, pos: int) -> int:
-    """Position after the Avro string at `pos` (one-byte lengths inline: the common case)."""
+def _string_span(data: bytes, pos: int) -> tuple[int, int]:
+    """Where the bytes of the Avro string at `pos` start and end (one-byte lengths inline: the
+    common case); the UTF-8 is not checked here."""
     first = data[pos]
     if first < 0x80:
         if first & 1:
             raise ValueError("negative string length")
-        return pos + 1 + (first >> 1)
+        return pos + 1, pos + 1 + (first >> 1)
     n, pos = _read_varint(data, pos)
     if n < 0:
         raise ValueError("negative string length")
-    return pos + n
+    return pos, pos + n
 
 
 def _map_of_strings_end(data: bytes, pos: int) -> int:
@@ -176,6 +177,7 @@ def _map_of_strings_end(data: bytes, pos: int) -> int:
             n, pos = _read_varint(data, pos)
             if n < 0:
                 raise ValueError("negative string length")
+            data[pos:pos + n].decode()  # UnicodeDecodeError, a ValueError, unless UTF-8
             pos += n
         if pos > len(data):
             raise ValueError("truncated map")
@@ -199,7 +201,8 @@ class FeatureRecordReader:
     Records laid out exactly as :class:`FeatureRecordEncoder` writes them with no null value
     (every record in steady state) take the fast path: a few slices per record and one numpy
     view for the doubles. Anything else — another view or version, a null, another map order,
-    another writer schema — is left to the generic, validating decoder (``others``).
+    another writer schema, and anything the decoder would refuse (a NaN or an infinity, a string
+    that is not UTF-8) — is left to the generic, validating decoder (``others``).
     """
 
     def __init__(self, view: str, view_version: str, feature_names: Sequence[str],
@@ -214,7 +217,7 @@ class FeatureRecordReader:
         for offset in encoder.offsets:
             constant[start + offset:start + offset + 8] = False
         self.constant = constant
-        self.double_at = np.array([start + o for o in encoder.offsets])
+        self.double_at = np.array([start + o for o in encoder.offsets], dtype=np.intp)
         self._good_tails: set[bytes] = set()
 
     def read(self, messages: Sequence[bytes]) -> FastBatch:
@@ -226,8 +229,11 @@ class FeatureRecordReader:
             try:
                 if data[:10] != header:
                     raise ValueError
-                pos = _skip_string(data, 10)
-                pos = _skip_string(data, pos)
+                id_start, id_end = _string_span(data, 10)
+                key_start, pos = _string_span(data, id_end)
+                if not data[10:pos].isascii():  # all-ASCII bytes are valid UTF-8
+                    data[id_start:id_end].decode()  # UnicodeDecodeError is a ValueError
+                    data[key_start:pos].decode()
                 _, pos = _read_varint(data, pos)
                 head_end = pos
                 if data[pos:pos + len(view_part)] != view_part:
@@ -254,7 +260,12 @@ class FeatureRecordReader:
             return out
         raw = np.frombuffer(b"".join(blocks), dtype=np.uint8).reshape(len(blocks), size)
         template = np.frombuffer(self.block, dtype=np.uint8)
-        fits = (raw[:, self.constant] == template[self.constant]).all(axis=1)
+        columns = raw[:, self.double_at[:, None] + np.arange(8)[None, :]]  # (rows, n, 8)
+        matrix = np.ascontiguousarray(columns).view("<f8").reshape(len(raw), self.n)
+        # NaN and infinities are no feature values (null is): the generic decoder dead-letters
+        # such a record, naming the field.
+        fits = ((raw[:, self.constant] == template[self.constant]).all(axis=1)
+                & np.isfinite(matrix).all(axis=1))
         if not fits.all():
             misfits = [out.index[k] for k in np.flatnonzero(~fits)]
             keep = np.flatnonzero(fits).tolist()
@@ -262,10 +273,9 @@ class FeatureRecordReader:
             out.heads = [out.heads[k] for k in keep]
             out.slices = [out.slices[k] for k in keep]
             blocks = [blocks[k] for k in keep]
-            raw = raw[fits]
+            matrix = matrix[fits]
             out.others = sorted(out.others + misfits)
-        columns = raw[:, self.double_at[:, None] + np.arange(8)[None, :]]  # (rows, n, 8)
-        out.matrix = np.ascontiguousarray(columns).view("<f8").reshape(len(raw), self.n)
+        out.matrix = matrix
         out.values = blocks
         return out
 

@@ -34,6 +34,10 @@ def read_json(data: bytes) -> Any:
         ) from None
     except RecursionError:
         raise DecodeError(DECODE_ERROR, "JSON is nested too deeply") from None
+    except ValueError as exc:  # an integer literal beyond CPython's int_max_str_digits
+        raise DecodeError(
+            DECODE_ERROR, f"JSON holds a number too long to read: {str(exc).split(';')[0]}"
+        ) from None
 
 
 def to_json(schema_name: str, record: Mapping[str, Any], schemas: SchemaSet | None = None) -> bytes:

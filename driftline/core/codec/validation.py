@@ -42,14 +42,15 @@ def compile_validator(schema: Mapping[str, Any]) -> Callable[[Any], dict[str, An
 def compile_avro_check(schema: Mapping[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """Build `check(record)` for records fresh from an Avro body, checking only what Avro cannot.
 
-    Avro already guarantees types, shape and defaults, so only fields that can hold NaN or that
-    declare allowed values are checked: the hot path stays close to the raw fastavro speed.
+    Avro already guarantees types, shape and defaults, so only fields that can hold NaN, ints
+    (fastavro reads an ``int`` as a varint of any length, so it may exceed 32 bits) and fields
+    that declare allowed values are checked: the hot path stays close to the raw fastavro speed.
     """
     names: dict[str, Coerce] = {}
     _compile(schema, names)  # registers named types for the per-field compiles below
     checks = []
     for field in schema["fields"]:
-        if "driftline.allowed" in field or _may_hold_nan(field["type"]):
+        if "driftline.allowed" in field or _needs_check(field["type"]):
             coerce = _compile(field["type"], names)
             if "driftline.allowed" in field:
                 coerce = _allowed(coerce, field["driftline.allowed"])
@@ -63,18 +64,19 @@ def compile_avro_check(schema: Mapping[str, Any]) -> Callable[[dict[str, Any]], 
     return check
 
 
-def _may_hold_nan(schema: Any) -> bool:
+def _needs_check(schema: Any) -> bool:
+    """Whether a value Avro decoded may still be invalid: a NaN, or an int beyond 32 bits."""
     if isinstance(schema, list):
-        return any(_may_hold_nan(branch) for branch in schema)
+        return any(_needs_check(branch) for branch in schema)
     if isinstance(schema, dict):
         kind = schema["type"]
         if kind == "record":
             fields = schema["fields"]
-            return any(_may_hold_nan(f["type"]) or "driftline.allowed" in f for f in fields)
+            return any(_needs_check(f["type"]) or "driftline.allowed" in f for f in fields)
         if kind in ("map", "array"):
-            return _may_hold_nan(schema["values" if kind == "map" else "items"])
-        return _may_hold_nan(kind)
-    return schema in ("double", "float")
+            return _needs_check(schema["values" if kind == "map" else "items"])
+        return _needs_check(kind)
+    return schema in ("double", "float", "int")
 
 
 def _fail(path: str, why: str) -> None:
@@ -151,8 +153,9 @@ def _primitive(kind: str) -> Coerce:
             return value
 
         return integer
+    if kind == "string":
+        return _string
     simple: dict[str, tuple[type, str]] = {
-        "string": (str, "a string"),
         "boolean": (bool, "true or false"),
         "null": (type(None), "null"),
     }
@@ -170,13 +173,35 @@ def _primitive(kind: str) -> Coerce:
     raise ValueError(f"unsupported Avro type in schema: {kind!r}")
 
 
+def _string(value: Any, path: str) -> str:
+    if type(value) is not str:
+        _fail(path, f"expected a string, got {_show(value)}")
+    _check_unicode(value, path)
+    return value
+
+
+def _check_unicode(text: str, path: str) -> None:
+    """JSON can carry a lone surrogate (an escape like \\ud800), which no UTF-8 writer of the
+    record (Avro, Parquet, Kafka) can encode."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        _fail(path, f"{text[exc.start]!r} at position {exc.start} is a lone surrogate, not a "
+                    "character (UTF-8 cannot encode it)")
+
+
 def _double(value: Any, path: str) -> float:
     if type(value) is float:
         if not math.isfinite(value):
             _fail(path, f"{value} is not allowed; send null for a missing value")
         return value
     if type(value) is int:
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # a JSON integer literal of over 308 digits
+            _fail(path, f"{_show(value)} is too large for a double")
     _fail(path, f"expected a finite number, got {_show(value)}")
     raise AssertionError  # unreachable; keeps type checkers honest
 
@@ -196,6 +221,9 @@ def _bytes(value: Any, path: str) -> bytes:
 
 def _timestamp_millis(value: Any, path: str) -> int:
     if type(value) is int:
+        low, high = _INT_RANGE["long"]
+        if not low <= value <= high:
+            _fail(path, f"{_show(value)} is outside the Avro long range of epoch milliseconds")
         return value
     if isinstance(value, str):
         try:
@@ -219,6 +247,7 @@ def _map(values: Coerce) -> Coerce:
         for key, item in value.items():
             if type(key) is not str:
                 _fail(path, f"map key {key!r} is not a string")
+            _check_unicode(key, f"{path} (a key)")
             out[key] = values(item, f"{path}[{key!r}]")
         return out
 
