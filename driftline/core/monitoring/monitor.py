@@ -1,0 +1,269 @@
+"""Every detector of the monitor behind one object: predictions and outcomes in, alarms out.
+
+Per model version (the name and version each prediction carries):
+
+* **data drift**: a :class:`PsiMonitor` over the version's predictions (every model input, the
+  score and the slice attributes) against the reference profile stored with the version, and
+  one over its outcomes' labels (label drift); a version registered without a profile is
+  counted in ``unprofiled`` and not compared;
+* **fairness**: a :class:`FairnessMonitor` over its outcomes, per slice attribute;
+
+and, over all outcomes, a :class:`ConceptDriftMonitor` (ADWIN on the error, DDM on the binary
+error) that keeps its own detectors per model version.
+
+Each detector already de-duplicates (one alarm per sustained change) and is calibrated to its
+share of the false-alarm budget (docs/data-drift.md, docs/fairness.md,
+docs/label-join-and-concept-drift.md). This module adds no decision of its own: it routes
+batches, turns each detector's event into one :class:`Alarm` (the fields of
+``schemas/DriftEvent.avsc``) and keeps the state of all of them as one snapshot, small enough to
+be written whole with every committed batch (``snapshot``/``restore``), so a restarted monitor
+continues exactly where the last commit left it. Pure: no clock, no I/O; profiles come from
+the ``profiles`` callable the service passes in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from driftline.core.monitoring.concept import ConceptDriftMonitor, DetectorConfig, DriftAlarm
+from driftline.core.monitoring.fairness import FairnessConfig, FairnessEvent, FairnessMonitor
+from driftline.core.monitoring.label_join import OutcomeBatch, PredictionBatch
+from driftline.core.monitoring.profile import ReferenceProfile
+from driftline.core.monitoring.psi import DriftEvent, MonitorSettings, PsiMonitor, Thresholds
+
+LABEL = "label"
+# A rare positive class barely moves PSI (a 5% -> 10% positive rate is a PSI of 0.037), so the
+# label's thresholds are lower than the features' by default (docs/data-drift.md).
+LABEL_THRESHOLDS = Thresholds(warn=0.02, drift=0.05)
+
+Profiles = Callable[[str, int], "ReferenceProfile | None"]
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """The settings of every detector family; defaults are the documented ones (the fairness
+    attributes default to the view's slice attributes, see `Monitor`)."""
+
+    psi: MonitorSettings = field(default_factory=MonitorSettings)
+    label_psi: MonitorSettings = field(default_factory=lambda: MonitorSettings(
+        overrides={LABEL: LABEL_THRESHOLDS}))
+    fairness: FairnessConfig = field(default_factory=FairnessConfig)
+    concept: DetectorConfig = field(default_factory=DetectorConfig)
+
+
+@dataclass(frozen=True)
+class Alarm:
+    """One drift event, detector-independent: the fields of ``driftline.DriftEvent``."""
+
+    detector: str  # psi | adwin | ddm | fairness
+    kind: str  # feature | score | slice | label | error | fairness
+    subject: str
+    statistic: float
+    threshold: float
+    model_name: str
+    model_version: int
+    window_start_ms: int
+    window_end_ms: int
+    detected_at_ms: int  # event time at which the detector fired
+    severity: str
+    summary: str
+    details: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def drift_id(self) -> str:
+        """Deterministic: the same alarm replayed after a crash has the same id."""
+        return (f"{self.detector}:{self.model_name}:{self.model_version}:{self.subject}:"
+                f"{self.detected_at_ms}")
+
+    def as_record(self) -> dict[str, object]:
+        """A ``driftline.DriftEvent`` record."""
+        return {
+            "detector": self.detector, "kind": self.kind, "subject": self.subject,
+            "statistic": float(self.statistic), "threshold": float(self.threshold),
+            "model_name": self.model_name, "model_version": int(self.model_version),
+            "window_start": int(self.window_start_ms), "window_end": int(self.window_end_ms),
+            "detected_at": int(self.detected_at_ms),
+            "details": {"drift_id": self.drift_id, "severity": self.severity,
+                        "summary": self.summary, **self.details},
+        }
+
+
+@dataclass
+class _Version:
+    """The per-version detectors; `psi` and `label_psi` are None without a profile."""
+
+    psi: PsiMonitor | None
+    label_psi: PsiMonitor | None
+    fairness: FairnessMonitor
+
+
+class Monitor:
+    """All detectors of one monitor; see the module docstring."""
+
+    def __init__(self, profiles: Profiles, config: MonitorConfig | None = None,
+                 input_names: Sequence[str] = (), slice_names: Sequence[str] = ()) -> None:
+        self.profiles = profiles
+        self.config = config or MonitorConfig(
+            fairness=FairnessConfig(attributes=tuple(slice_names)))
+        self.input_names = tuple(input_names)
+        self.slice_names = tuple(slice_names)
+        self.concept = ConceptDriftMonitor(self.config.concept)
+        self.versions: dict[tuple[str, int], _Version] = {}
+        self.unprofiled = 0  # predictions of versions without a reference profile
+
+    # -- the stream -------------------------------------------------------------------------
+    def observe(self, predictions: PredictionBatch, outcomes: OutcomeBatch) -> list[Alarm]:
+        """Feed one batch (predictions in arrival order, outcomes in join order); returns the
+        alarms it raised, data drift first, then label drift, fairness and concept drift."""
+        alarms: list[Alarm] = []
+        for key, rows in _groups(predictions.model_name, predictions.model_version):
+            version = self._version(key)
+            if version.psi is None:
+                self.unprofiled += len(rows)
+                continue
+            columns = {name: predictions.inputs[rows, j]
+                       for j, name in enumerate(self.input_names)}
+            columns["score"] = predictions.score[rows]
+            for s in self.slice_names:
+                columns[s] = predictions.slices[s][rows]
+            step = version.psi.update(columns, predictions.event_time_ms[rows])
+            alarms += [_psi_alarm(e, key) for e in step.events]
+        for key, rows in _groups(outcomes.model_name, outcomes.model_version):
+            version = self._version(key)
+            if version.label_psi is not None:
+                step = version.label_psi.update({LABEL: outcomes.label[rows]},
+                                                outcomes.event_time_ms[rows])
+                alarms += [_psi_alarm(e, key) for e in step.events]
+            version.fairness.update(outcomes.event_time_ms[rows], outcomes.decision[rows],
+                                    outcomes.label[rows],
+                                    {a: outcomes.slices[a][rows]
+                                     for a in self.config.fairness.attributes})
+            report = version.fairness.evaluate()
+            alarms += [_fairness_alarm(e, key) for e in report.events if e.kind == "alarm"]
+        if len(outcomes):
+            alarms += [_concept_alarm(a) for a in self.concept.update(outcomes).alarms]
+        return alarms
+
+    def _version(self, key: tuple[str, int]) -> _Version:
+        version = self.versions.get(key)
+        if version is None:
+            version = self.versions[key] = self._fresh(key)
+        return version
+
+    def _fresh(self, key: tuple[str, int]) -> _Version:
+        profile = self.profiles(*key)
+        fairness = FairnessMonitor(self.config.fairness)
+        if profile is None:
+            return _Version(None, None, fairness)
+        inputs = [n for n in profile.names if n != LABEL]
+        label = PsiMonitor(profile.select([LABEL]), self.config.label_psi) \
+            if LABEL in profile.names else None
+        return _Version(PsiMonitor(profile.select(inputs), self.config.psi), label, fairness)
+
+    # -- what the metrics show ----------------------------------------------------------------
+    def psi(self) -> Iterator[tuple[str, int, str, float]]:
+        """(model, version, subject, PSI at its last evaluation) for every compared subject."""
+        for (name, number), version in sorted(self.versions.items()):
+            for monitor in (version.psi, version.label_psi):
+                if monitor is not None:
+                    for subject, value in monitor.latest().items():
+                        yield name, number, subject, value
+
+    # -- state --------------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """Every detector's state as one flat dict of plain arrays (``np.savez``, no pickle)."""
+        out: dict[str, np.ndarray] = {"unprofiled": np.array([self.unprofiled], np.int64)}
+        keys = sorted(self.versions)
+        out["versions.name"] = np.array([k[0] for k in keys], dtype=str)
+        out["versions.number"] = np.array([k[1] for k in keys], dtype=np.int64)
+        for i, key in enumerate(keys):
+            version = self.versions[key]
+            for part, monitor in (("psi", version.psi), ("label_psi", version.label_psi),
+                                  ("fairness", version.fairness)):
+                if monitor is not None:
+                    out.update(_prefixed(f"v{i}.{part}.", monitor.snapshot()))
+        out.update(_prefixed("concept.", self.concept.snapshot()))
+        return out
+
+    @classmethod
+    def restore(cls, snapshot: Mapping[str, np.ndarray], profiles: Profiles,
+                config: MonitorConfig | None = None, input_names: Sequence[str] = (),
+                slice_names: Sequence[str] = ()) -> Monitor:
+        """The monitor `snapshot` was taken of. A version whose profile was replaced since
+        (``driftline reference rebase``) starts its data-drift windows afresh."""
+        monitor = cls(profiles, config, input_names, slice_names)
+        monitor.unprofiled = int(snapshot["unprofiled"][0])
+        names, numbers = snapshot["versions.name"], snapshot["versions.number"]
+        for i, key in enumerate(zip(names.tolist(), numbers.tolist(), strict=True)):
+            version = monitor.versions[key] = monitor._fresh(key)
+            version.fairness = FairnessMonitor.restore(
+                monitor.config.fairness, [_unprefixed(f"v{i}.fairness.", snapshot)])
+            for part in ("psi", "label_psi"):
+                current = getattr(version, part)
+                piece = _unprefixed(f"v{i}.{part}.", snapshot)
+                if current is not None and piece:
+                    try:
+                        setattr(version, part, PsiMonitor.restore(
+                            current.profile, [piece], current.settings))
+                    except ValueError:  # state of another profile: the reference was rebased
+                        pass
+        concept = _unprefixed("concept.", snapshot)
+        if concept:
+            monitor.concept = ConceptDriftMonitor.restore([concept], monitor.config.concept)
+        return monitor
+
+
+def _groups(names: np.ndarray, versions: np.ndarray) -> Iterator[tuple[tuple[str, int],
+                                                                       np.ndarray]]:
+    """(model name, version) -> row indices, in order of first appearance; rows stay in order."""
+    if len(names) == 0:
+        return
+    keys = np.char.add(np.char.add(names.astype(str), "\x00"), versions.astype(str))
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    for group in np.argsort(first, kind="stable"):
+        rows = np.flatnonzero(inverse == group)
+        yield (str(names[rows[0]]), int(versions[rows[0]])), rows
+
+
+def _prefixed(prefix: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {prefix + k: v for k, v in arrays.items()}
+
+
+def _unprefixed(prefix: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+def _psi_alarm(e: DriftEvent, key: tuple[str, int]) -> Alarm:
+    return Alarm(
+        detector="psi", kind=e.kind, subject=e.subject, statistic=e.statistic,
+        threshold=e.threshold, model_name=key[0], model_version=key[1],
+        window_start_ms=e.window_start_ms, window_end_ms=e.window_end_ms,
+        detected_at_ms=e.window_end_ms, severity=e.severity, summary=e.summary,
+        details={"critical": f"{e.critical:.6g}", "unseen": str(e.unseen),
+                 "missing": str(e.missing),
+                 "outcomes": f"{e.first_outcome}..{e.last_outcome}"})
+
+
+def _fairness_alarm(e: FairnessEvent, key: tuple[str, int]) -> Alarm:
+    return Alarm(
+        detector="fairness", kind="fairness", subject=e.subject, statistic=e.statistic,
+        threshold=e.threshold, model_name=key[0], model_version=key[1],
+        window_start_ms=e.window_start_ms, window_end_ms=e.window_end_ms,
+        detected_at_ms=e.window_end_ms, severity=e.severity, summary=e.summary,
+        details={"metric": e.metric, "metrics": ",".join(e.metrics), "rate": e.rate,
+                 "counterpart": e.counterpart,
+                 "interval": f"{e.interval[0]:.6g},{e.interval[1]:.6g}"})
+
+
+def _concept_alarm(a: DriftAlarm) -> Alarm:
+    return Alarm(
+        detector=a.detector, kind="error", subject=a.statistic, statistic=a.after,
+        threshold=a.threshold, model_name=a.model_name, model_version=a.model_version,
+        window_start_ms=a.window_start_ms, window_end_ms=a.window_end_ms,
+        detected_at_ms=a.label_time_ms, severity="drift", summary=a.summary,
+        details={"before": f"{a.before:.6g}", "after": f"{a.after:.6g}",
+                 "outcomes_since_reset": str(a.outcomes_since_reset),
+                 "recent_outcomes": str(a.recent_outcomes), "event_id": a.event_id})
