@@ -96,21 +96,22 @@ class FeatureStage:
         """All partitions of one consumed batch, committed by one state transaction, which
         raises ``Fenced`` if another worker has claimed one of them since."""
         start = time.perf_counter()
-        batches = [b for b in batches if b.records]
+        batches = [b for b in batches if b.records or b.consumed is not None]
         if not batches:
             return
         txn = self.state.begin(b.partition for b in batches)
         rows = late = 0
         for batch in batches:
             p = batch.partition
-            offsets = np.asarray(batch.offsets, dtype=np.int64)
-            txn.pending += self.offline.write(self.offline.events_dir(self.topic), p,
-                                              _event_columns(batch), txn.epochs[p])
-            for view in self.views:
-                applied = self._process_view(view, batch, offsets, txn)
-                rows += applied
-                late += len(batch.records) - applied
-            txn.consumed(self.topic, p, int(offsets[0]), int(offsets[-1]))
+            if batch.records:  # else only dead letters: the offsets still move past them
+                offsets = np.asarray(batch.offsets, dtype=np.int64)
+                txn.pending += self.offline.write(self.offline.events_dir(self.topic), p,
+                                                  _event_columns(batch), txn.epochs[p])
+                for view in self.views:
+                    applied = self._process_view(view, batch, offsets, txn)
+                    rows += applied
+                    late += len(batch.records) - applied
+            txn.consumed(self.topic, p, *batch.consumed_range)
         self.producer.flush_or_raise()
         self.state.commit(txn)  # the commit point; then the pending files are published
         self.rows += rows
@@ -118,7 +119,8 @@ class FeatureStage:
         now_ms = time.time() * 1000
         appended = np.concatenate([np.asarray(b.append_times_ms, dtype=np.float64)
                                    for b in batches])
-        EVENT_TO_STORE_SECONDS.observe_many(np.maximum(now_ms - appended, 0) / 1000)
+        if len(appended):
+            EVENT_TO_STORE_SECONDS.observe_many(np.maximum(now_ms - appended, 0) / 1000)
         BATCH_SECONDS.labels("features").observe(time.perf_counter() - start)
 
     def _process_view(self, view: FeatureView, batch: PartitionBatch, offsets: np.ndarray,

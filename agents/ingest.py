@@ -27,13 +27,23 @@ from driftline.core.event_time import EventTimeGuard
 
 @dataclass
 class PartitionBatch:
-    """Decoded records of one partition, in offset order."""
+    """Decoded records of one partition, in offset order.
+
+    `consumed` is the first and last offset of every message of the partition in this batch,
+    dead-lettered ones included (None: those of `offsets`), so the commit moves past a batch
+    that ends in, or consists only of, bad messages and a restart does not dead-letter them
+    again."""
 
     partition: int
     records: list[dict[str, Any]] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
     append_times_ms: list[int] = field(default_factory=list)
+    consumed: tuple[int, int] | None = None
+
+    @property
+    def consumed_range(self) -> tuple[int, int]:
+        return self.consumed if self.consumed is not None else (self.offsets[0], self.offsets[-1])
 
 
 class Downstream(Protocol):
@@ -91,11 +101,11 @@ class IngestPipeline:
                 drop = {r.index for r in rejected}
                 good = [m for i, m in enumerate(good) if i not in drop]
                 records = [rec for i, rec in enumerate(records) if i not in drop]
-        by_partition: dict[int, PartitionBatch] = {}
+        by_partition = {b.partition: PartitionBatch(
+            b.partition, consumed=(b.messages[0].offset(), b.messages[-1].offset()))
+            for b in batches if b.messages}
         for msg, record in zip(good, records, strict=True):
-            batch = by_partition.get(msg.partition())
-            if batch is None:
-                batch = by_partition[msg.partition()] = PartitionBatch(msg.partition())
+            batch = by_partition[msg.partition()]
             batch.records.append(record)
             batch.offsets.append(msg.offset())
             batch.messages.append(msg)

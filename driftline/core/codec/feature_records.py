@@ -177,7 +177,10 @@ def _map_of_strings_end(data: bytes, pos: int) -> int:
             n, pos = _read_varint(data, pos)
             if n < 0:
                 raise ValueError("negative string length")
-            data[pos:pos + n].decode()  # UnicodeDecodeError, a ValueError, unless UTF-8
+            text = data[pos:pos + n]
+            text.decode()  # UnicodeDecodeError, a ValueError, unless UTF-8
+            if 0 in text:
+                raise ValueError("a NUL character")  # refused by validation too
             pos += n
         if pos > len(data):
             raise ValueError("truncated map")
@@ -202,7 +205,7 @@ class FeatureRecordReader:
     (every record in steady state) take the fast path: a few slices per record and one numpy
     view for the doubles. Anything else — another view or version, a null, another map order,
     another writer schema, and anything the decoder would refuse (a NaN or an infinity, a string
-    that is not UTF-8) — is left to the generic, validating decoder (``others``).
+    that is not UTF-8 or holds a NUL) — is left to the generic, validating decoder (``others``).
     """
 
     def __init__(self, view: str, view_version: str, feature_names: Sequence[str],
@@ -234,6 +237,8 @@ class FeatureRecordReader:
                 if not data[10:pos].isascii():  # all-ASCII bytes are valid UTF-8
                     data[id_start:id_end].decode()  # UnicodeDecodeError is a ValueError
                     data[key_start:pos].decode()
+                if 0 in data[id_start:id_end] or 0 in data[key_start:pos]:
+                    raise ValueError  # a NUL: the validating decoder refuses and names it
                 _, pos = _read_varint(data, pos)
                 head_end = pos
                 if data[pos:pos + len(view_part)] != view_part:

@@ -43,8 +43,9 @@ def compile_avro_check(schema: Mapping[str, Any]) -> Callable[[dict[str, Any]], 
     """Build `check(record)` for records fresh from an Avro body, checking only what Avro cannot.
 
     Avro already guarantees types, shape and defaults, so only fields that can hold NaN, ints
-    (fastavro reads an ``int`` as a varint of any length, so it may exceed 32 bits) and fields
-    that declare allowed values are checked: the hot path stays close to the raw fastavro speed.
+    (fastavro reads an ``int`` as a varint of any length, so it may exceed 32 bits), strings
+    (a NUL character) and fields that declare allowed values are checked: the hot path stays
+    close to the raw fastavro speed.
     """
     names: dict[str, Coerce] = {}
     _compile(schema, names)  # registers named types for the per-field compiles below
@@ -65,7 +66,8 @@ def compile_avro_check(schema: Mapping[str, Any]) -> Callable[[dict[str, Any]], 
 
 
 def _needs_check(schema: Any) -> bool:
-    """Whether a value Avro decoded may still be invalid: a NaN, or an int beyond 32 bits."""
+    """Whether a value Avro decoded may still be invalid: a NaN, an int beyond 32 bits, or a
+    string with a NUL character."""
     if isinstance(schema, list):
         return any(_needs_check(branch) for branch in schema)
     if isinstance(schema, dict):
@@ -76,7 +78,7 @@ def _needs_check(schema: Any) -> bool:
         if kind in ("map", "array"):
             return _needs_check(schema["values" if kind == "map" else "items"])
         return _needs_check(kind)
-    return schema in ("double", "float", "int")
+    return schema in ("double", "float", "int", "string")
 
 
 def _fail(path: str, why: str) -> None:
@@ -177,6 +179,10 @@ def _string(value: Any, path: str) -> str:
     if type(value) is not str:
         _fail(path, f"expected a string, got {_show(value)}")
     _check_unicode(value, path)
+    if "\x00" in value:
+        # numpy's fixed-width strings (the feature engine's keys and categories) drop trailing
+        # NULs, so 'card-1\x00' would silently become 'card-1': refused, never merged.
+        _fail(path, f"contains a NUL character (U+0000) at position {value.index(chr(0))}")
     return value
 
 

@@ -227,6 +227,8 @@ def any_bytes() -> st.SearchStrategy[bytes]:
 
 
 # -- strategies: JSON texts ---------------------------------------------------------------------
+# What a valid string may hold: validation refuses NUL (the engine's numpy strings drop it).
+NO_NUL = st.characters(exclude_categories=("Cs",), exclude_characters="\x00")
 ANY_CHAR = st.characters(exclude_categories=())  # lone surrogates included
 SURROGATE_OR_ASCII = st.one_of(st.characters(max_codepoint=0x7F),
                                st.characters(categories=["Cs"]))  # \ud800 to \udfff
@@ -338,7 +340,7 @@ def json_bytes(name: str) -> st.SearchStrategy[bytes]:
 
 # -- strategies: valid records from the schema --------------------------------------------------
 PRIMITIVES: dict[str, st.SearchStrategy[Any]] = {
-    "string": st.text(max_size=16),
+    "string": st.text(NO_NUL, max_size=16),  # validation refuses NUL (engine strings drop it)
     "long": st.integers(-(2**63), 2**63 - 1),
     "int": st.integers(-(2**31), 2**31 - 1),
     "double": st.floats(allow_nan=False, allow_infinity=False),
@@ -355,7 +357,7 @@ def _type_values(avro_type: Any) -> st.SearchStrategy[Any]:
     if isinstance(avro_type, dict):
         kind = avro_type["type"]
         if kind == "map":
-            return st.dictionaries(st.text(max_size=8), _type_values(avro_type["values"]),
+            return st.dictionaries(st.text(NO_NUL, max_size=8), _type_values(avro_type["values"]),
                                    max_size=3)
         if kind == "array":
             return st.lists(_type_values(avro_type["items"]), max_size=3)
@@ -618,8 +620,9 @@ PREDICTION_DECODER = REFERENCE["driftline.Prediction"]
 def feature_batches(draw: st.DrawFn) -> tuple[list[str], list[bytes]]:
     """Feature names of a view, and messages for it: the encoder's records of this and other
     versions and name orders, some mutated, some garbage."""
-    names = draw(st.lists(st.text(min_size=1, max_size=6), max_size=4, unique=True))
-    slice_names = draw(st.lists(st.text(min_size=1, max_size=6), max_size=2, unique=True))
+    names = draw(st.lists(st.text(NO_NUL, min_size=1, max_size=6), max_size=4, unique=True))
+    slice_names = draw(st.lists(st.text(NO_NUL, min_size=1, max_size=6), max_size=2,
+                                unique=True))
     n = draw(st.integers(1, 6))
     messages: list[bytes] = []
     for _ in range(draw(st.integers(1, 2))):
@@ -629,7 +632,7 @@ def feature_batches(draw: st.DrawFn) -> tuple[list[str], list[bytes]]:
         values = np.array(draw(st.lists(
             st.lists(st.floats(), min_size=len(names), max_size=len(names)),
             min_size=n, max_size=n)), dtype=np.float64).reshape(n, len(names))
-        ids = draw(st.lists(st.text(max_size=8), min_size=n, max_size=n))
+        ids = draw(st.lists(st.text(NO_NUL, max_size=8), min_size=n, max_size=n))
         times = draw(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=n, max_size=n))
         slices = [draw(st.lists(st.text(max_size=6), min_size=n, max_size=n))
                   for _ in slice_names]
