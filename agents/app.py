@@ -1,12 +1,14 @@
-"""The Faust application of the feature worker, built by a factory from Settings.
+"""The Faust applications of the feature worker and the monitor, built by a factory.
 
-No module-global app: ``create_app(settings, pipeline)`` wires a Faust app whose lifecycle owns a
-:class:`BatchReader` over the raw events topic, plus the worker's HTTP pages (``/health``,
-``/metrics``). Faust keeps what it is good at — worker lifecycle, signals, web, timers — while the
-high-volume topic is read in batches.
+No module-global app: ``create_app(settings, pipeline, service)`` wires a Faust app whose
+lifecycle owns a :class:`BatchReader` over the service's topics, plus its HTTP pages
+(``/health``, ``/metrics``). Faust keeps what it is good at — worker lifecycle, signals, web,
+timers — while the high-volume topics are read in batches.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import faust
 
@@ -29,21 +31,44 @@ def faust_broker_settings(settings: Settings) -> dict:
     }
 
 
-def create_app(settings: Settings, pipeline: BatchPipeline) -> tuple[faust.App, BatchLoop]:
+@dataclass(frozen=True)
+class Service:
+    """What differs between the batch-reading Faust services: group, topics, HTTP address."""
+
+    group: str
+    topics: tuple[str, ...]
+    host: str
+    port: int
+
+    @classmethod
+    def worker(cls, settings: Settings) -> Service:
+        return cls(settings.group_features, (settings.topic_events,), settings.worker_host,
+                   settings.worker_port)
+
+    @classmethod
+    def monitor(cls, settings: Settings) -> Service:
+        return cls(settings.group_monitor, (settings.topic_predictions, settings.topic_labels),
+                   settings.monitor_host, settings.monitor_port)
+
+
+def create_app(settings: Settings, pipeline: BatchPipeline, service: Service
+               ) -> tuple[faust.App, BatchLoop]:
+    datadir = settings.data_dir / "faust" / service.group
+    datadir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     app = faust.App(
-        f"{settings.group_features}-app",  # Faust's own group, apart from other deployments
+        f"{service.group}-app",  # Faust's own group, apart from other deployments
         store="memory://",
-        datadir=str(settings.data_dir / "faust"),
+        datadir=str(datadir),
         web_enabled=True,
-        web_host=settings.worker_host,
-        web_bind=settings.worker_host,
-        web_port=settings.worker_port,
+        web_host=service.host,
+        web_bind=service.host,
+        web_port=service.port,
         autodiscover=False,
         **faust_broker_settings(settings),
     )
     batches = BatchLoop(
-        lambda: kafka.make_consumer(settings, settings.group_features),
-        topics=[settings.topic_events],
+        lambda: kafka.make_consumer(settings, service.group),
+        topics=list(service.topics),
         pipeline=pipeline,
         batch_size=settings.batch_size,
         batch_timeout_s=settings.batch_timeout_ms / 1000,

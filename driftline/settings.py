@@ -85,6 +85,13 @@ class Settings:
         "DRIFTLINE_REDIS_TTL_S", 7 * 24 * 3600, "TTL of online feature keys; 0 = no expiry")
     worker_host: str = _setting("DRIFTLINE_WORKER_HOST", "127.0.0.1", "feature worker HTTP host")
     worker_port: int = _setting("DRIFTLINE_WORKER_PORT", 6066, "feature worker HTTP port")
+    monitor_host: str = _setting("DRIFTLINE_MONITOR_HOST", "127.0.0.1", "monitor HTTP host")
+    monitor_port: int = _setting("DRIFTLINE_MONITOR_PORT", 6067, "monitor HTTP port")
+    group_monitor: str = _setting(
+        "DRIFTLINE_GROUP_MONITOR", "driftline-monitor", "consumer group of the monitor")
+    label_horizon_s: int = _setting(
+        "DRIFTLINE_LABEL_HORIZON_S", 7 * 24 * 3600,
+        "how long (event time) a prediction waits for its label, and a label for its prediction")
     scorer_host: str = _setting("DRIFTLINE_SCORER_HOST", "127.0.0.1", "scorer HTTP host")
     scorer_port: int = _setting("DRIFTLINE_SCORER_PORT", 8000, "scorer HTTP port")
     group_scorer: str = _setting(

@@ -93,6 +93,29 @@ ONLINE_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
 MODEL_SWAPS = Counter("driftline_model_swaps_total", "Hot swaps of the served model")
 
+# -- the monitor --------------------------------------------------------------------------------
+OUTCOMES = Counter(
+    "driftline_outcomes_total", "Predictions joined with their label (outcomes)")
+UNMATCHED = Gauge(
+    "driftline_join_expired", "Predictions that expired unlabelled and labels that expired "
+    "without a prediction, since the partition's join began", ["partition", "side"])
+LABEL_COVERAGE = Gauge(
+    "driftline_label_coverage_ratio",
+    "Joined predictions / (joined + expired unlabelled), by partition", ["partition"])
+JOIN_STATE_ROWS = Gauge(
+    "driftline_join_state_rows", "Predictions, early labels and joined ids the label join "
+    "holds, by partition", ["partition"])
+LABEL_DELAY_SECONDS = BulkHistogram(
+    "driftline_label_delay_seconds", "From a prediction's event time to its label's time",
+    buckets=(1, 10, 60, 300, 900, 3600, 4 * 3600, 86400, 3 * 86400, 7 * 86400))
+DRIFT_EVENTS = Counter(
+    "driftline_drift_events_total", "Drift events raised, by detector and kind",
+    ["detector", "kind"])
+DRIFT_STATISTIC = Gauge(
+    "driftline_drift_statistic", "The latest value of each detector statistic (PSI per "
+    "subject: every model input, the score, the slices, the label)",
+    ["model", "version", "statistic", "subject"])
+
 
 def exposition() -> tuple[bytes, str]:
     """The text exposition of the default registry and its content type."""

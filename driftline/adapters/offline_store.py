@@ -54,21 +54,28 @@ class OfflineStore:
     def events_dir(self, topic: str) -> Path:
         return self.root / "events" / f"topic={topic}"
 
+    def outcomes_dir(self) -> Path:
+        """The monitor's outcomes: each prediction joined with its label (training data)."""
+        return self.root / "outcomes"
+
     def write(self, base: Path, partition: int, columns: Mapping[str, np.ndarray | Sequence],
               pending_epoch: int, event_time_column: str = "event_time",
-              offset_column: str = "offset") -> list[Path]:
+              offset_column: str = "offset", span: tuple[int, int] | None = None) -> list[Path]:
         """Write rows (all of one partition, in offset order) split by event date, as pending
-        files of `pending_epoch`. Returns their paths, for :func:`publish` after the commit."""
+        files of `pending_epoch`. Returns their paths, for :func:`publish` after the commit.
+
+        Files are named by the rows' offsets, or by `span` (first, last offset of the consumed
+        batch) for rows that have no offset of their own, such as the monitor's outcomes."""
         table = pa.table(dict(columns))
         written: list[Path] = []
         if table.num_rows == 0:
             return written
         days = _day(np.asarray(columns[event_time_column], dtype=np.int64))
-        offsets = np.asarray(columns[offset_column], dtype=np.int64)
+        offsets = None if span else np.asarray(columns[offset_column], dtype=np.int64)
         for day in np.unique(days):
             mask = days == day
             part = table.filter(pa.array(mask))
-            first, last = int(offsets[mask].min()), int(offsets[mask].max())
+            first, last = span if span else (int(offsets[mask].min()), int(offsets[mask].max()))
             name = f"p{partition}-{first:020d}-{last:020d}.parquet.pending-{pending_epoch}"
             target = base / f"date={day}" / name
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -124,7 +131,8 @@ class OfflineStore:
 
 class PendingParquet:
     """The :class:`~driftline.core.state.PendingFiles` of a stage that archives one topic:
-    Parquet files under `bases`, named by that topic's offsets."""
+    Parquet files under `bases`, named by that topic's offsets (a stage that archives by
+    several topics combines several, see :class:`AllPending`)."""
 
     def __init__(self, store: OfflineStore, topic: str, bases: Sequence[Path]) -> None:
         self.store = store
@@ -143,6 +151,20 @@ class PendingParquet:
             log.warning("partition %d: published %d committed and removed %d uncommitted "
                         "Parquet files (resuming at offset %d)", restored.partition, published,
                         removed, offset)
+
+    def publish(self, pending: Sequence[Path]) -> None:
+        publish(pending)
+
+
+class AllPending:
+    """Several :class:`PendingParquet` as one: each settles the files named by its topic."""
+
+    def __init__(self, parts: Sequence[PendingParquet]) -> None:
+        self.parts = list(parts)
+
+    def settle(self, restored: Restored) -> None:
+        for part in self.parts:
+            part.settle(restored)
 
     def publish(self, pending: Sequence[Path]) -> None:
         publish(pending)

@@ -56,6 +56,12 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return run_worker(settings)
 
 
+def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
+    from driftline.agents.monitor_service import run_monitor
+
+    return run_monitor(settings)
+
+
 def cmd_produce_demo(args: argparse.Namespace, settings: Settings) -> int:
     from driftline.adapters.event_producer import produce_demo
 
@@ -170,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the scorer: stream scoring, online API, hot swap")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("monitor", help="run the monitor: label join, drift and fairness "
+                                       "detectors, drift events (Faust)")
+    p.set_defaults(func=cmd_monitor)
 
     models_command.add_parser(sub)
     sub.choices["models"].set_defaults(func=cmd_models)

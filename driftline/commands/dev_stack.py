@@ -92,7 +92,7 @@ def wait_healthy(url: str, proc: ManagedProcess, timeout: float,
 
 def spawn_service(settings: Settings, service: str, log_dir, name: str | None = None
                   ) -> ManagedProcess:
-    """Start `driftline worker` or `driftline serve` (a port of 0 means: pick a free one)."""
+    """Start `driftline worker`, `serve` or `monitor` (a port of 0 means: pick a free one)."""
     command, role = SERVICES[service]
     host, port = getattr(settings, f"{role}_host"), getattr(settings, f"{role}_port")
     port = port or local_servers.free_port()
@@ -118,8 +118,10 @@ def start_service(settings: Settings, service: str, log_dir, timeout: float = 60
 
 
 # service name -> (driftline subcommand, settings prefix of its host and port)
-SERVICES = {"worker": ("worker", "worker"), "scorer": ("serve", "scorer")}
-ENDPOINTS = {"worker": "(/health /metrics)", "scorer": "(/predict /health /openapi.json)"}
+SERVICES = {"worker": ("worker", "worker"), "scorer": ("serve", "scorer"),
+            "monitor": ("monitor", "monitor")}
+ENDPOINTS = {"worker": "(/health /metrics)", "scorer": "(/predict /health /openapi.json)",
+             "monitor": "(/health /metrics)"}
 
 
 def _consuming(body: dict) -> bool:

@@ -60,7 +60,8 @@ def settings(servers, tmp_path) -> Settings:
     topics = {f"topic_{role}": f"{run}.{role}" for role in Settings().topics}
     s = Settings(profile="dev", kafka_bootstrap=servers["kafka"], redis_url=servers["redis"],
                  data_dir=tmp_path / "data", partitions=3, group_features=f"{run}-features",
-                 worker_port=local_servers.free_port(), **topics)
+                 group_monitor=f"{run}-monitor", worker_port=local_servers.free_port(),
+                 monitor_port=local_servers.free_port(), **topics)
     kafka.create_topics(s)
     return s
 
@@ -95,6 +96,13 @@ def start_scorer_process(settings: Settings, log_dir: Path, name: str = "scorer"
     from driftline.commands.dev_stack import start_service
 
     return start_service(settings, "scorer", log_dir, name=name)
+
+
+def start_monitor_process(settings: Settings, log_dir: Path, name: str = "monitor"):
+    """`driftline monitor` as a child process, returned once its batch loop has partitions."""
+    from driftline.commands.dev_stack import start_service
+
+    return start_service(settings, "monitor", log_dir, name=name)
 
 
 @pytest.fixture(scope="session")

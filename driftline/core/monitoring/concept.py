@@ -90,6 +90,12 @@ class DetectorConfig:
     (re)start DDM false-alarms after 15-30% of restarts at 3.0, 3-7% at 4.0 and 0-3% at 5.0
     (docs/label-join-and-concept-drift.md); ADWIN stays the fast detector."""
 
+    ddm_min_errors: int = 30
+    """Errors since DDM's (re)start below which a DDM drift is not an alarm: DDM's test is a
+    normal approximation of the binomial, meaningless on a handful of errors. At an error rate
+    that was 0 over the warm-up (a model that is almost always right), river's DDM otherwise
+    fires on the first error (p_min + k * s_min = 0). Such a firing resets DDM silently."""
+
     def as_array(self) -> np.ndarray:
         return np.array(astuple(self), dtype=np.float64)
 
@@ -381,7 +387,8 @@ class ConceptDriftMonitor:
         while len(rows):
             rows = rows[outcomes.event_time_ms[rows] >= model.since_ms]
             total_before = model.adwin._helper.get_total()
-            hit, adwin_hit = _first_alarm(model.adwin, model.ddm, errors[rows], misses[rows])
+            hit, adwin_hit, ddm_hit = _first_alarm(model.adwin, model.ddm, errors[rows],
+                                                   misses[rows], self.config.ddm_min_errors)
             fed = rows if hit is None else rows[: hit + 1]
             if len(fed):
                 times = outcomes.event_time_ms[fed]
@@ -393,13 +400,14 @@ class ConceptDriftMonitor:
             row = int(rows[hit])
             window_sum = total_before + float(np.sum(errors[fed]))
             found += [(row, a) for a in self._alarms(key, model, outcomes, row, adwin_hit,
-                                                     window_sum)]
+                                                     ddm_hit, window_sum)]
             self._restart(model, since_ms=int(outcomes.label_time_ms[row]))
             rows = rows[hit + 1 :]
         return found
 
     def _alarms(self, key: tuple[str, int], model: _ModelDetectors, outcomes: OutcomeBatch,
-                row: int, adwin_hit: bool, window_sum: float) -> list[DriftAlarm]:
+                row: int, adwin_hit: bool, ddm_hit: bool, window_sum: float
+                ) -> list[DriftAlarm]:
         """The records of the alarm(s) the detectors just raised at `row`."""
         found = []
         helper, ddm, seen = model.adwin._helper, model.ddm, model.seen
@@ -410,7 +418,7 @@ class ConceptDriftMonitor:
                 "adwin", key, "mean |label - score|", (window_sum - kept_total) / dropped,
                 kept_total / kept if kept else math.nan, self.config.adwin_delta, model,
                 int(kept), outcomes, row))
-        if ddm.drift_detected:
+        if ddm_hit:
             found.append(self._alarm(
                 "ddm", key, "error rate (decision != label)", ddm._p_min, ddm._p.get(),
                 ddm._p_min + self.config.ddm_drift_threshold * ddm._s_min, model, seen,
@@ -489,19 +497,21 @@ class ConceptDriftMonitor:
 
 
 def _first_alarm(
-    adwin: ADWIN, ddm: DDM, errors: np.ndarray, misses: np.ndarray
-) -> tuple[int | None, bool]:
+    adwin: ADWIN, ddm: DDM, errors: np.ndarray, misses: np.ndarray, ddm_min_errors: int,
+) -> tuple[int | None, bool, bool]:
     """Feed both detectors outcome by outcome up to the first alarm: its position (None if
-    there was none) and whether ADWIN raised it (DDM keeps its own `drift_detected`)."""
+    there was none) and which of ADWIN and DDM raised it. A DDM drift on fewer than
+    `ddm_min_errors` errors is no alarm (river resets DDM on its next update)."""
     # river's ADWIN.update is `_helper.update` plus a reset on the call after a drift; callers
     # restart the detectors right after every alarm, so calling the helper is the same, faster.
     adwin_update, ddm_update = adwin._helper.update, ddm.update
     for i, (e, m) in enumerate(zip(errors.tolist(), misses.tolist(), strict=True)):
         hit = adwin_update(e)
         ddm_update(m)
-        if hit or ddm.drift_detected:
-            return i, hit
-    return None, False
+        ddm_hit = ddm.drift_detected and ddm._p.get() * ddm._p.n >= ddm_min_errors
+        if hit or ddm_hit:
+            return i, hit, ddm_hit
+    return None, False, False
 
 
 def _rows_by_model(

@@ -113,6 +113,7 @@ class Monitor:
         self.concept = ConceptDriftMonitor(self.config.concept)
         self.versions: dict[tuple[str, int], _Version] = {}
         self.unprofiled = 0  # predictions of versions without a reference profile
+        self.warnings = 0  # PSI past its warn threshold, not (yet) its drift threshold
 
     # -- the stream -------------------------------------------------------------------------
     def observe(self, predictions: PredictionBatch, outcomes: OutcomeBatch) -> list[Alarm]:
@@ -130,13 +131,13 @@ class Monitor:
             for s in self.slice_names:
                 columns[s] = predictions.slices[s][rows]
             step = version.psi.update(columns, predictions.event_time_ms[rows])
-            alarms += [_psi_alarm(e, key) for e in step.events]
+            alarms += self._psi_alarms(step.events, key)
         for key, rows in _groups(outcomes.model_name, outcomes.model_version):
             version = self._version(key)
             if version.label_psi is not None:
                 step = version.label_psi.update({LABEL: outcomes.label[rows]},
                                                 outcomes.event_time_ms[rows])
-                alarms += [_psi_alarm(e, key) for e in step.events]
+                alarms += self._psi_alarms(step.events, key)
             version.fairness.update(outcomes.event_time_ms[rows], outcomes.decision[rows],
                                     outcomes.label[rows],
                                     {a: outcomes.slices[a][rows]
@@ -146,6 +147,12 @@ class Monitor:
         if len(outcomes):
             alarms += [_concept_alarm(a) for a in self.concept.update(outcomes).alarms]
         return alarms
+
+    def _psi_alarms(self, events: Sequence[DriftEvent], key: tuple[str, int]) -> list[Alarm]:
+        """Drift-level PSI events; a warn-level one is counted (and its PSI is a metric) but is
+        no drift event, so one sustained change is one event, not a warning then a drift."""
+        self.warnings += sum(e.severity != "drift" for e in events)
+        return [_psi_alarm(e, key) for e in events if e.severity == "drift"]
 
     def _version(self, key: tuple[str, int]) -> _Version:
         version = self.versions.get(key)
@@ -175,7 +182,9 @@ class Monitor:
     # -- state --------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, np.ndarray]:
         """Every detector's state as one flat dict of plain arrays (``np.savez``, no pickle)."""
-        out: dict[str, np.ndarray] = {"unprofiled": np.array([self.unprofiled], np.int64)}
+        out: dict[str, np.ndarray] = {
+            "unprofiled": np.array([self.unprofiled], np.int64),
+            "warnings": np.array([self.warnings], np.int64)}
         keys = sorted(self.versions)
         out["versions.name"] = np.array([k[0] for k in keys], dtype=str)
         out["versions.number"] = np.array([k[1] for k in keys], dtype=np.int64)
@@ -196,6 +205,7 @@ class Monitor:
         (``driftline reference rebase``) starts its data-drift windows afresh."""
         monitor = cls(profiles, config, input_names, slice_names)
         monitor.unprofiled = int(snapshot["unprofiled"][0])
+        monitor.warnings = int(snapshot["warnings"][0])
         names, numbers = snapshot["versions.name"], snapshot["versions.number"]
         for i, key in enumerate(zip(names.tolist(), numbers.tolist(), strict=True)):
             version = monitor.versions[key] = monitor._fresh(key)

@@ -324,3 +324,23 @@ def test_join_and_detectors_restart_from_their_state_with_the_same_outcomes_and_
     assert len(alarms) == 1, [a.summary for a in alarms]
     assert alarms[0].label_time_ms >= T0 + 20 * 60_000  # raised after the flip
     assert join.totals.joined == 120_000
+
+
+def test_a_model_that_is_almost_always_right_raises_no_ddm_alarm_on_its_first_error():
+    """Found by the monitor's end-to-end test: with no error over the warm-up, river's DDM has
+    p_min + k * s_min = 0 and fires on the first error. Stationary 0.05% errors raise nothing;
+    without the minimum-errors rule the first error is an alarm."""
+    n = 60_000
+    rng = np.random.default_rng(8)
+    label = np.zeros(n, dtype=np.int64)
+    label[rng.choice(np.arange(2_000, n), size=30, replace=False)] = 1  # missed frauds
+    t = T0 + 20 * np.arange(n, dtype=np.int64)
+    outcomes = OutcomeBatch(
+        event_id=np.char.add("v1-", np.arange(n).astype(str)), event_time_ms=t,
+        label_time_ms=t + 60_000, score=np.full(n, 0.01), decision=np.zeros(n, dtype=bool),
+        label=label, model_name=np.full(n, "fraud"), model_version=np.ones(n, dtype=np.int64),
+        slices={}, inputs=np.zeros((n, 0)))
+    assert feed(ConceptDriftMonitor(ADWIN_OFF), outcomes) == []
+    old_rule = DetectorConfig(adwin_delta=1e-300, ddm_min_errors=1)
+    alarms = feed(ConceptDriftMonitor(old_rule), outcomes)
+    assert alarms and alarms[0].detector == "ddm" and alarms[0].threshold == 0

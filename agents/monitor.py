@@ -1,0 +1,232 @@
+"""The monitor: predictions and delayed labels in, outcomes, detector statistics and drift
+events out (`driftline monitor`).
+
+It reads ``driftline.predictions`` and ``driftline.labels`` together (both keyed by entity, so
+partition p of each holds the same entities) in batches, and per consumed batch:
+
+1. decodes both (labels in any accepted encoding; a bad one, or one whose ``label_time`` the
+   event-time guard refuses, goes to the DLQ with its reason);
+2. per partition, the core :class:`LabelJoin` joins labels to predictions by ``event_id``
+   within the horizon; the joined pairs (outcomes) are written to Parquet as pending files
+   (``offline/outcomes``: logged inputs + label, the retraining job's training data);
+3. the core :class:`Monitor` (every detector) sees the batch's predictions and outcomes;
+   its alarms are produced to ``driftline.drift`` as ``driftline.DriftEvent`` records, keyed by
+   model name, each with a deterministic ``drift_id``;
+4. one transaction of the partition state commits each partition's join delta, the detectors'
+   state and both topics' offsets; then the Parquet files are published.
+
+The detectors need one view of each model's whole stream, so they live in the process that owns
+partition 0 and their state is a store of partition 0: run one monitor per consumer group (a
+second one takes some partitions, whose outcomes it joins and stores, but the detectors then see
+only partition 0's owner's share, which ``/health`` reports). Drift events are at-least-once:
+a crash between their delivery and the commit produces them again with the same ``drift_id``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from driftline.adapters.batch_loop import MessageBatch, PartitionId
+from driftline.adapters.dead_letters import DeadLetterSink
+from driftline.adapters.kafka import CheckedProducer
+from driftline.adapters.metrics import (
+    BATCH_SECONDS,
+    DRIFT_EVENTS,
+    DRIFT_STATISTIC,
+    JOIN_STATE_ROWS,
+    LABEL_COVERAGE,
+    LABEL_DELAY_SECONDS,
+    MESSAGES_CONSUMED,
+    OUTCOMES,
+    UNMATCHED,
+)
+from driftline.adapters.offline_store import OfflineStore
+from driftline.core.codec.decoder import Decoder
+from driftline.core.codec.schema_set import SchemaSet
+from driftline.core.codec.single_object import encode
+from driftline.core.event_time import EventTimeGuard
+from driftline.core.monitoring.label_join import (
+    LabelBatch,
+    LabelJoin,
+    OutcomeBatch,
+    PredictionBatch,
+)
+from driftline.core.monitoring.monitor import Alarm, Monitor, Profiles
+from driftline.core.state import PartitionState
+
+log = logging.getLogger(__name__)
+
+HOME = 0  # the partition whose state holds the detectors
+JOIN, DETECTORS = "join", "detectors"
+
+
+@dataclass(frozen=True)
+class MonitorTopics:
+    predictions: str
+    labels: str
+    drift: str
+
+
+class MonitorStage:
+    """The :class:`BatchPipeline` of the monitor; see the module docstring."""
+
+    def __init__(self, topics: MonitorTopics, state: PartitionState, offline: OfflineStore,
+                 producer: CheckedProducer, dead_letters: DeadLetterSink, schemas: SchemaSet,
+                 profiles: Profiles, input_names: Sequence[str], slice_names: Sequence[str],
+                 horizon_ms: int, label_guard: EventTimeGuard | None,
+                 clock_ms: Callable[[], int], prediction_decoder: Decoder,
+                 label_decoder: Decoder) -> None:
+        self.topics = topics
+        self.state = state
+        self.offline = offline
+        self.producer = producer
+        self.dead_letters = dead_letters
+        self.schemas = schemas
+        self.profiles = profiles
+        self.input_names = tuple(input_names)
+        self.slice_names = tuple(slice_names)
+        self.horizon_ms = horizon_ms
+        self.label_guard = label_guard
+        self.clock_ms = clock_ms
+        self.decoders = {topics.predictions: prediction_decoder, topics.labels: label_decoder}
+        self.joins: dict[int, LabelJoin] = {}
+        self.monitor: Monitor | None = None  # while partition 0 is ours
+        self.outcomes = 0
+        self.alarms = 0
+
+    def stats(self) -> dict[str, object]:
+        owned = sorted(self.joins)
+        return {"outcomes": self.outcomes, "drift_events": self.alarms,
+                "dead_letters": self.dead_letters.sent,
+                "detectors": "running" if self.monitor is not None else
+                f"not here: partition {HOME} is owned by another monitor",
+                "partitions": owned}
+
+    # -- rebalance ---------------------------------------------------------------------------
+    def on_assign(self, partitions: Sequence[PartitionId]) -> dict[PartitionId, int]:
+        numbers = sorted({p.partition for p in partitions})
+        resume: dict[PartitionId, int] = {}
+        for p, restored in self.state.assign(numbers).items():
+            log_ = restored.logs[JOIN]
+            self.joins[p] = LabelJoin.restore(log_, self.input_names, self.slice_names,
+                                              self.horizon_ms) if log_ else \
+                LabelJoin(self.input_names, self.slice_names, self.horizon_ms)
+            if p == HOME:
+                detectors = restored.logs[DETECTORS]
+                self.monitor = Monitor.restore(detectors[-1], self.profiles,
+                                               input_names=self.input_names,
+                                               slice_names=self.slice_names) if detectors \
+                    else Monitor(self.profiles, input_names=self.input_names,
+                                 slice_names=self.slice_names)
+            for topic, offset in restored.offsets.items():
+                resume[PartitionId(topic, p)] = offset
+        return {pid: offset for pid, offset in resume.items() if pid in set(partitions)}
+
+    def on_revoke(self, partitions: Sequence[PartitionId]) -> None:
+        numbers = sorted({p.partition for p in partitions})
+        for p in numbers:
+            self.joins.pop(p, None)
+            if p == HOME:
+                self.monitor = None
+        self.state.revoke(numbers)
+
+    # -- processing --------------------------------------------------------------------------
+    def process(self, batches: Sequence[MessageBatch]) -> None:
+        start = time.perf_counter()
+        batches = [b for b in batches if b.messages]
+        if not batches:
+            return
+        decoded = {(b.topic, b.partition): self._decode(b) for b in batches}
+        partitions = sorted({b.partition for b in batches})
+        home = [HOME] if self.monitor is not None and HOME not in partitions else []
+        txn = self.state.begin([*partitions, *home])
+        alarms: list[Alarm] = []
+        for p in partitions:
+            predictions = PredictionBatch.from_records(
+                decoded.get((self.topics.predictions, p), []), self.input_names,
+                self.slice_names)
+            labels = LabelBatch.from_records(decoded.get((self.topics.labels, p), []))
+            join = self.joins[p]
+            result = join.process(predictions, labels)
+            self.state.append(txn, p, JOIN, result.state_delta, join.snapshot)
+            txn.pending += self._archive(p, result.outcomes, batches, txn.epochs[p])
+            if self.monitor is not None:
+                alarms += self.monitor.observe(predictions, result.outcomes)
+            self._count(p, result.outcomes, join)
+        for b in batches:
+            txn.consumed(b.topic, b.partition, b.messages[0].offset(), b.messages[-1].offset())
+        if self.monitor is not None:
+            snapshot = self.monitor.snapshot()
+            self.state.append(txn, HOME, DETECTORS, snapshot, lambda: snapshot)
+            self._export(self.monitor)
+        for alarm in alarms:
+            self.producer.produce(self.topics.drift, encode("driftline.DriftEvent",
+                                                            alarm.as_record(), self.schemas),
+                                  key=alarm.model_name.encode())
+            DRIFT_EVENTS.labels(alarm.detector, alarm.kind).inc()
+            log.warning("drift: %s", alarm.summary)
+        self.producer.flush_or_raise()
+        self.state.commit(txn)  # the commit point; then the outcome files are published
+        self.alarms += len(alarms)
+        BATCH_SECONDS.labels("monitor").observe(time.perf_counter() - start)
+
+    def _decode(self, batch: MessageBatch) -> list[dict]:
+        """The batch's valid records, in offset order; the others dead-lettered."""
+        MESSAGES_CONSUMED.labels(batch.topic).inc(len(batch.messages))
+        records, failures = self.decoders[batch.topic].decode_many(
+            [m.value() or b"" for m in batch.messages])
+        failed = {i for i, _ in failures}
+        for i, error in failures:
+            self.dead_letters.send(batch.messages[i], error.reason, error.detail)
+        if batch.topic == self.topics.labels and self.label_guard is not None:
+            good = [m for i, m in enumerate(batch.messages) if i not in failed]
+            rejected = self.label_guard.reject(records, self.clock_ms())
+            for r in rejected:
+                self.dead_letters.send(good[r.index], r.reason, r.detail)
+            drop = {r.index for r in rejected}
+            records = [rec for i, rec in enumerate(records) if i not in drop]
+        return records
+
+    def _archive(self, p: int, outcomes: OutcomeBatch, batches: Sequence[MessageBatch],
+                 epoch: int) -> list:
+        """Outcome files of partition p, named by the labels' consumed offsets if this batch
+        had labels of p, else by the predictions' (see :class:`AllPending`)."""
+        if not len(outcomes):
+            return []
+        by_topic = {b.topic: b for b in batches if b.partition == p}
+        topic = self.topics.labels if self.topics.labels in by_topic else self.topics.predictions
+        messages = by_topic[topic].messages
+        columns: dict[str, object] = {
+            "event_id": outcomes.event_id.tolist(), "event_time": outcomes.event_time_ms,
+            "label_time": outcomes.label_time_ms, "label_delay_ms": outcomes.label_delay_ms,
+            "score": outcomes.score, "decision": outcomes.decision, "label": outcomes.label,
+            "model_name": outcomes.model_name.tolist(), "model_version": outcomes.model_version,
+            "partition": np.full(len(outcomes), p, dtype=np.int32),
+        }
+        for s in self.slice_names:
+            columns[s] = outcomes.slices[s].tolist()
+        for j, name in enumerate(self.input_names):
+            columns[name] = outcomes.inputs[:, j]
+        return self.offline.write(self.offline.outcomes_dir() / f"by={topic}", p, columns, epoch,
+                                  span=(messages[0].offset(), messages[-1].offset()))
+
+    def _count(self, p: int, outcomes: OutcomeBatch, join: LabelJoin) -> None:
+        self.outcomes += len(outcomes)
+        OUTCOMES.inc(len(outcomes))
+        if len(outcomes):
+            LABEL_DELAY_SECONDS.observe_many(np.maximum(outcomes.label_delay_ms, 0) / 1000)
+        totals = join.totals
+        UNMATCHED.labels(str(p), "prediction").set(totals.predictions_expired)
+        UNMATCHED.labels(str(p), "label").set(totals.labels_expired)
+        LABEL_COVERAGE.labels(str(p)).set(totals.coverage)
+        JOIN_STATE_ROWS.labels(str(p)).set(sum(join.state_rows.values()))
+
+    def _export(self, monitor: Monitor) -> None:
+        for name, version, subject, value in monitor.psi():
+            if np.isfinite(value):
+                DRIFT_STATISTIC.labels(name, str(version), "psi", subject).set(value)

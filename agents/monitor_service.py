@@ -1,0 +1,72 @@
+"""Entry point of `driftline monitor`: wire the monitor stage, build its Faust app, run it."""
+
+from __future__ import annotations
+
+import faust
+import redis
+
+from driftline.adapters import kafka
+from driftline.adapters.dead_letters import DeadLetterSink
+from driftline.adapters.offline_store import AllPending, OfflineStore, PendingParquet
+from driftline.adapters.redis_state import RedisStateBackend
+from driftline.agents.app import Service, create_app
+from driftline.agents.ingest import wall_clock_ms
+from driftline.agents.monitor import DETECTORS, JOIN, MonitorStage, MonitorTopics
+from driftline.core.codec.decoder import Decoder
+from driftline.core.codec.schema_set import SchemaSet
+from driftline.core.event_time import EventTimeGuard
+from driftline.core.monitoring.profile import ReferenceProfile
+from driftline.core.registry import ModelRegistry, RegistryError
+from driftline.core.state import PartitionState
+from driftline.core.views import views_for
+from driftline.settings import Settings
+
+
+class RegistryProfiles:
+    """Reference profiles from the model registry, read once per model version."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+        self.cache: dict[tuple[str, int], ReferenceProfile | None] = {}
+
+    def __call__(self, name: str, version: int) -> ReferenceProfile | None:
+        key = (name, version)
+        if key not in self.cache:
+            try:
+                raw = self.registry.reference_profile(name, version)
+            except RegistryError:
+                raw = None  # a version this registry does not know: nothing to compare with
+            self.cache[key] = None if raw is None else ReferenceProfile.from_json(raw)
+        return self.cache[key]
+
+
+def build_monitor(settings: Settings, clock_ms=wall_clock_ms) -> MonitorStage:
+    schemas = SchemaSet.load()
+    producer = kafka.make_producer(settings)
+    view = next(iter(views_for(settings).values()))
+    offline = OfflineStore(settings.data_dir / "offline")
+    topics = MonitorTopics(settings.topic_predictions, settings.topic_labels,
+                           settings.topic_drift)
+    client = redis.Redis.from_url(settings.redis_url_or_fail)
+    files = AllPending([PendingParquet(offline, t, [offline.outcomes_dir() / f"by={t}"])
+                        for t in (topics.labels, topics.predictions)])
+    state = PartitionState(
+        RedisStateBackend(client, settings.group_monitor, topics.predictions),
+        topics=[topics.predictions, topics.labels], stores=[JOIN, DETECTORS], files=files)
+    return MonitorStage(
+        topics, state, offline, producer, DeadLetterSink(producer, settings.topic_dlq, schemas),
+        schemas, RegistryProfiles(ModelRegistry(settings.data_dir / "registry")),
+        input_names=view.feature_names, slice_names=view.slices,
+        horizon_ms=settings.label_horizon_s * 1000,
+        label_guard=EventTimeGuard("label_time"), clock_ms=clock_ms,
+        prediction_decoder=Decoder.for_settings(settings, "driftline.Prediction", schemas),
+        label_decoder=Decoder.for_settings(settings, "driftline.Label", schemas))
+
+
+def run_monitor(settings: Settings) -> int:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app, _reader = create_app(settings, build_monitor(settings), Service.monitor(settings))
+    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True,
+                          override_logging=False)
+    worker.execute_from_commandline()  # returns via SystemExit when stopped by a signal
+    return 0
