@@ -171,7 +171,8 @@ class BatchLoop:
             self.pipeline.process(group_by_partition(messages))
         except Exception as exc:  # noqa: BLE001 - any failure is retried from known state
             BATCH_FAILURES.labels(self.topic, type(exc).__name__).inc()
-            log.warning("batch on %s failed (%r); rebuilding state and retrying", self.topic, exc)
+            log.warning("batch on %s failed (%s); rebuilding state and retrying", self.topic,
+                        describe(exc))
             self._rewind(consumer, messages)
             return
         try:
@@ -210,10 +211,10 @@ class BatchLoop:
             except Exception as exc:  # noqa: BLE001
                 if self._stop.is_set():
                     raise
-                self.retrying = f"{what}: {exc!r}"
+                self.retrying = f"{what}: {describe(exc)}"
                 wait = min(max(wait * 2, 0.5), self.max_backoff_s)
-                log.warning("%s on %s failed (%r); retrying in %.1fs", what, self.topic, exc,
-                            wait)
+                log.warning("%s on %s failed (%s); retrying in %.1fs", what, self.topic,
+                            describe(exc), wait)
 
     def _measure_lag(self, consumer: Consumer) -> None:
         """Messages behind the high watermark per assigned partition, at most once a second."""
@@ -235,3 +236,8 @@ def _next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
     # Offsets grow within a partition, so the last message of each partition wins.
     last = {(m.topic(), m.partition()): m.offset() for m in messages}
     return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` for logs and /health (redis-py 8's repr drops the message)."""
+    return f"{type(exc).__name__}: {exc}"

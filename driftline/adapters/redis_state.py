@@ -27,6 +27,14 @@ from driftline.core.state import CommitRecord, Fenced, Restored, Snapshot, Trans
 class WatchFenced(Fenced, redis.WatchError):
     """Fenced, detected by Redis itself: an epoch changed between our check and EXEC."""
 
+    def __init__(self, *args: object) -> None:
+        # RuntimeError's __init__ comes first in the MRO and skips redis-py's, whose __repr__
+        # (redis-py >= 6) reads the `error_type` that only its __init__ sets: without this,
+        # repr() raises AttributeError and the batch loop's "batch failed (%r)" log is lost.
+        redis.WatchError.__init__(self, *args)
+
+    __repr__ = Exception.__repr__  # with the message (redis-py's repr drops it)
+
 
 def pack(arrays: Snapshot) -> bytes:
     buf = io.BytesIO()
