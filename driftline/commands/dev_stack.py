@@ -184,8 +184,9 @@ def run_dev(settings: Settings, with_services: bool = True, out=print) -> int:
         stack.endpoints.append(("topics", ", ".join(sorted(created))))
         services = {}
         if with_services:
-            procs = start_services(stack, "worker", "scorer")
-            services = {"worker": procs[0].address, "scorer": procs[1].address}
+            names = ("worker", "scorer", "monitor")
+            procs = start_services(stack, *names)
+            services = {name: proc.address for name, proc in zip(names, procs, strict=True)}
         try:
             stack.endpoints.append(("record", str(write_dev_record(stack, services))))
         except OSError as exc:  # the stack works without it; other terminals need variables

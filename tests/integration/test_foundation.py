@@ -111,7 +111,7 @@ def test_dev_command_is_ready_fast_and_leaves_nothing_behind(tmp_path, stop_sign
     record = tmp_path / "dev-stack.json"
     env.update({"DRIFTLINE_DATA_DIR": str(tmp_path / "data"), "DRIFTLINE_PARTITIONS": "2",
                 "DRIFTLINE_WORKER_PORT": "0", "DRIFTLINE_SCORER_PORT": "0",
-                "DRIFTLINE_DEV_RECORD": str(record)})
+                "DRIFTLINE_MONITOR_PORT": "0", "DRIFTLINE_DEV_RECORD": str(record)})
     started = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "driftline.commands.cli", "dev"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -125,7 +125,7 @@ def test_dev_command_is_ready_fast_and_leaves_nothing_behind(tmp_path, stop_sign
         assert lines and lines[-1] == "ready", "\n".join(lines)
         assert elapsed < 20, f"ready after {elapsed:.1f}s"
         endpoints = dict(line.split(None, 1) for line in lines if line.split(None, 1)[0]
-                         in ("kafka", "redis", "worker", "scorer"))
+                         in ("kafka", "redis", "worker", "scorer", "monitor"))
         bootstrap = endpoints["kafka"]
         port = bootstrap.rsplit(":", 1)[1]
         topics = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics
@@ -134,6 +134,8 @@ def test_dev_command_is_ready_fast_and_leaves_nothing_behind(tmp_path, stop_sign
                 "driftline.dlq"} <= set(topics)
         assert get_json(endpoints["worker"].split()[0] + "/health")["status"] == "ok"
         assert "scorer" in endpoints, "the scorer service is part of the dev stack"
+        monitor = get_json(endpoints["monitor"].split()[0] + "/health")
+        assert monitor["status"] == "ok" and monitor["detectors"] == "running", monitor
         assert _pids_with(f"tcp://127.0.0.1:{port}"), "broker process not found"
         recorded = json.loads(record.read_text())
         assert recorded["pid"] == proc.pid and recorded["kafka_bootstrap"] == bootstrap
@@ -149,7 +151,7 @@ def test_dev_command_is_ready_fast_and_leaves_nothing_behind(tmp_path, stop_sign
     wait_for(lambda: not _pids_with(redis_port) or all(
         b"redis-server" not in open(f"/proc/{p}/cmdline", "rb").read()
         for p in _pids_with(redis_port)), timeout=10, what="redis gone")
-    for service in ("worker", "scorer"):
+    for service in ("worker", "scorer", "monitor"):
         port = endpoints[service].split()[0].rsplit(":", 1)[1]
         with pytest.raises(OSError):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
