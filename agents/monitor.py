@@ -36,6 +36,7 @@ from driftline.adapters.dead_letters import DeadLetterSink
 from driftline.adapters.kafka import CheckedProducer
 from driftline.adapters.metrics import (
     BATCH_SECONDS,
+    DRIFT_ALARMING,
     DRIFT_EVENTS,
     DRIFT_STATISTIC,
     JOIN_STATE_ROWS,
@@ -62,6 +63,7 @@ from driftline.core.state import PartitionState
 log = logging.getLogger(__name__)
 
 HOME = 0  # the partition whose state holds the detectors
+MAX_SLICE_VALUES = 10  # slice values per attribute exported as metric labels (cardinality cap)
 JOIN, DETECTORS = "join", "detectors"
 
 
@@ -227,6 +229,13 @@ class MonitorStage:
         JOIN_STATE_ROWS.labels(str(p)).set(sum(join.state_rows.values()))
 
     def _export(self, monitor: Monitor) -> None:
-        for name, version, subject, value in monitor.psi():
-            if np.isfinite(value):
-                DRIFT_STATISTIC.labels(name, str(version), "psi", subject).set(value)
+        """The detectors' statistics as gauges, replaced whole (a slice value that left the
+        exported top values leaves no stale series)."""
+        DRIFT_STATISTIC.clear()
+        for s in monitor.statistics(MAX_SLICE_VALUES):
+            if np.isfinite(s.value):
+                DRIFT_STATISTIC.labels(s.model_name, str(s.model_version), s.statistic,
+                                       s.subject).set(s.value)
+        DRIFT_ALARMING.clear()
+        for name, version, detector, subject in monitor.alarming():
+            DRIFT_ALARMING.labels(name, str(version), detector, subject).set(1)

@@ -112,9 +112,13 @@ DRIFT_EVENTS = Counter(
     "driftline_drift_events_total", "Drift events raised, by detector and kind",
     ["detector", "kind"])
 DRIFT_STATISTIC = Gauge(
-    "driftline_drift_statistic", "The latest value of each detector statistic (PSI per "
-    "subject: every model input, the score, the slices, the label)",
+    "driftline_drift_statistic", "The latest value of each detector statistic: psi per "
+    "subject (every model input, the score, the slices, the label), fairness_<metric>[_low|"
+    "_high] per slice attribute, slice_<rate> per slice value (top values only), error_rate",
     ["model", "version", "statistic", "subject"])
+DRIFT_ALARMING = Gauge(
+    "driftline_drift_alarming", "1 while a detector's alarm on a subject is open (raised, not "
+    "yet recovered)", ["model", "version", "detector", "subject"])
 
 
 def exposition() -> tuple[bytes, str]:

@@ -155,6 +155,10 @@ def test_a_shift_in_one_input_raises_one_drift_event_naming_it(monitor_settings,
                         kind="feature") == 1
     assert metric_value(metrics, "driftline_drift_statistic", model="fraud", version="1",
                         statistic="psi", subject=SHIFTED) > 0.25
+    assert metric_value(metrics, "driftline_drift_alarming", model="fraud", version="1",
+                        detector="psi", subject=SHIFTED) == 1
+    assert metric_value(metrics, "driftline_label_coverage_ratio", partition="0") == 1
+    assert "fairness_equal_opportunity_difference" in metrics
 
 
 def test_kill_9_mid_stream_then_restart_keeps_outcomes_exact_and_repeats_no_event(

@@ -328,6 +328,13 @@ class ConceptDriftMonitor:
         """Outcomes the model version's detectors were fed since they last (re)started."""
         return self._models[(model_name, model_version)].seen
 
+    def error_estimate(self, model_name: str, model_version: int) -> float:
+        """ADWIN's current estimate of the mean error |label - score| (its window's mean; NaN
+        before the first outcome since the last restart)."""
+        helper = self._models[(model_name, model_version)].adwin._helper
+        width = helper.get_width()
+        return helper.get_total() / width if width else math.nan
+
     def alarm_counts(self, model_name: str, model_version: int) -> dict[str, int]:
         return dict(self._models[(model_name, model_version)].alarms)
 

@@ -29,7 +29,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from driftline.core.monitoring.concept import ConceptDriftMonitor, DetectorConfig, DriftAlarm
-from driftline.core.monitoring.fairness import FairnessConfig, FairnessEvent, FairnessMonitor
+from driftline.core.monitoring.fairness import (
+    FairnessConfig,
+    FairnessEvent,
+    FairnessMonitor,
+    FairnessReport,
+    export_values,
+)
 from driftline.core.monitoring.label_join import OutcomeBatch, PredictionBatch
 from driftline.core.monitoring.profile import ReferenceProfile
 from driftline.core.monitoring.psi import DriftEvent, MonitorSettings, PsiMonitor, Thresholds
@@ -98,6 +104,18 @@ class _Version:
     psi: PsiMonitor | None
     label_psi: PsiMonitor | None
     fairness: FairnessMonitor
+    report: FairnessReport | None = None  # the last fairness evaluation
+
+
+@dataclass(frozen=True)
+class Statistic:
+    """One detector statistic for the metrics: ``statistic`` names what, ``subject`` of what."""
+
+    model_name: str
+    model_version: int
+    statistic: str
+    subject: str
+    value: float
 
 
 class Monitor:
@@ -142,7 +160,7 @@ class Monitor:
                                     outcomes.label[rows],
                                     {a: outcomes.slices[a][rows]
                                      for a in self.config.fairness.attributes})
-            report = version.fairness.evaluate()
+            report = version.report = version.fairness.evaluate()
             alarms += [_fairness_alarm(e, key) for e in report.events if e.kind == "alarm"]
         if len(outcomes):
             alarms += [_concept_alarm(a) for a in self.concept.update(outcomes).alarms]
@@ -178,6 +196,43 @@ class Monitor:
                 if monitor is not None:
                     for subject, value in monitor.latest().items():
                         yield name, number, subject, value
+
+    def statistics(self, max_slice_values: int = 10) -> Iterator[Statistic]:
+        """Every statistic the detectors hold, for Prometheus: PSI per subject, each fairness
+        gap with its interval (``fairness_<metric>``, ``_low``, ``_high`` per attribute), the
+        rates of at most `max_slice_values` values per attribute (those in an alarm first, then
+        the largest), and ADWIN's current mean error per version. NaN ones are left out."""
+        for name, number, subject, value in self.psi():
+            yield Statistic(name, number, "psi", subject, value)
+        for (name, number), version in sorted(self.versions.items()):
+            report = version.report
+            if report is not None:
+                for gap in report.gaps:
+                    for suffix, value in (("", gap.statistic), ("_low", gap.low),
+                                          ("_high", gap.high)):
+                        yield Statistic(name, number, f"fairness_{gap.metric}{suffix}",
+                                        gap.attribute, value)
+                shown = export_values(report, max_slice_values) if report.slices else {}
+                for stats in report.slices:
+                    if stats.value in shown.get(stats.attribute, ()):
+                        subject = f"{stats.attribute}={stats.value}"
+                        for rate in ("selection_rate", "tpr", "fpr", "accuracy"):
+                            yield Statistic(name, number, f"slice_{rate}", subject,
+                                            getattr(stats, rate).value)
+            if (name, number) in self.concept.models:
+                yield Statistic(name, number, "error_rate", "adwin_window",
+                                self.concept.error_estimate(name, number))
+
+    def alarming(self) -> Iterator[tuple[str, int, str, str]]:
+        """(model, version, detector, subject) of every open episode (alarmed, not recovered)."""
+        for (name, number), version in sorted(self.versions.items()):
+            for monitor in (version.psi, version.label_psi):
+                if monitor is not None:
+                    for subject in monitor.alarming():
+                        yield name, number, "psi", subject
+            if version.report is not None:
+                for alarm in version.report.open_alarms:
+                    yield name, number, "fairness", f"{alarm.attribute}={alarm.value}"
 
     # -- state --------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, np.ndarray]:

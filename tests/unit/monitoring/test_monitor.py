@@ -101,3 +101,20 @@ def test_an_alarm_is_a_valid_drift_event_record(profile):
     assert record["details"]["drift_id"] == "psi:fraud:3:f1:20" == alarm.drift_id
     encoded = encode("driftline.DriftEvent", record, SCHEMAS)
     assert encoded[:2] == b"\xc3\x01"
+
+
+def test_every_statistic_is_exported_and_the_open_episode_is_listed(profile):
+    m, rng = monitor(profile), np.random.default_rng(1)
+    for i in range(40):
+        m.observe(*batch(rng, i * 1000, 1000, shift=1.5 if i >= 20 else 0.0))
+    stats = {(s.statistic, s.subject): s.value for s in m.statistics(max_slice_values=2)}
+    assert stats[("psi", "f1")] > 0.25 > stats[("psi", "f0")]
+    assert {"fairness_demographic_parity_difference", "fairness_equal_opportunity_difference"} \
+        <= {name for name, subject in stats if subject == "segment"}
+    low, high = (stats[("fairness_demographic_parity_difference" + s, "segment")]
+                 for s in ("_low", "_high"))
+    assert low <= stats[("fairness_demographic_parity_difference", "segment")] <= high
+    rated = {subject for name, subject in stats if name == "slice_selection_rate"}
+    assert len(rated) == 2 and rated <= {"segment=a", "segment=b", "segment=c"}  # the cap
+    assert 0 < stats[("error_rate", "adwin_window")] < 0.5
+    assert list(m.alarming()) == [("fraud", 1, "psi", "f1")]
