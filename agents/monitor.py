@@ -143,6 +143,11 @@ class MonitorStage:
         batches = [b for b in batches if b.messages]
         if not batches:
             return
+        if self.monitor is not None:
+            for key in getattr(self.profiles, "changed", list)():
+                log.warning("reference profile of %s v%d replaced: its PSI windows start afresh",
+                            *key)
+                self.monitor.reload_profile(key)
         decoded = {(b.topic, b.partition): self._decode(b) for b in batches}
         partitions = sorted({b.partition for b in batches})
         home = [HOME] if self.monitor is not None and HOME not in partitions else []

@@ -16,28 +16,45 @@ from driftline.core.codec.decoder import Decoder
 from driftline.core.codec.schema_set import SchemaSet
 from driftline.core.event_time import EventTimeGuard
 from driftline.core.monitoring.profile import ReferenceProfile
-from driftline.core.registry import ModelRegistry, RegistryError
+from driftline.core.registry import PROFILE_FILE, ModelRegistry, RegistryError
 from driftline.core.state import PartitionState
 from driftline.core.views import views_for
 from driftline.settings import Settings
 
 
 class RegistryProfiles:
-    """Reference profiles from the model registry, read once per model version."""
+    """Reference profiles from the model registry, read once per model version and again when
+    the file changes (``driftline reference rebase`` replaces it atomically)."""
 
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
-        self.cache: dict[tuple[str, int], ReferenceProfile | None] = {}
+        self.cache: dict[tuple[str, int], tuple[float | None, ReferenceProfile | None]] = {}
 
     def __call__(self, name: str, version: int) -> ReferenceProfile | None:
         key = (name, version)
         if key not in self.cache:
+            stamp = self._stamp(key)
             try:
                 raw = self.registry.reference_profile(name, version)
             except RegistryError:
                 raw = None  # a version this registry does not know: nothing to compare with
-            self.cache[key] = None if raw is None else ReferenceProfile.from_json(raw)
-        return self.cache[key]
+            self.cache[key] = (stamp, None if raw is None else ReferenceProfile.from_json(raw))
+        return self.cache[key][1]
+
+    def changed(self) -> list[tuple[str, int]]:
+        """The versions whose profile file changed since it was read; they are forgotten, so
+        the next call reads the new one."""
+        stale = [key for key, (stamp, _) in self.cache.items() if self._stamp(key) != stamp]
+        for key in stale:
+            del self.cache[key]
+        return stale
+
+    def _stamp(self, key: tuple[str, int]) -> float | None:
+        path = self.registry.model_path(*key).parent / PROFILE_FILE
+        try:
+            return path.stat().st_mtime_ns
+        except OSError:
+            return None
 
 
 def build_monitor(settings: Settings, clock_ms=wall_clock_ms) -> MonitorStage:

@@ -9,6 +9,7 @@ import os
 import sys
 
 from driftline.commands import models as models_command
+from driftline.commands import reference as reference_command
 from driftline.settings import Settings, describe
 
 
@@ -85,6 +86,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     return models_command.run(args, settings)
+
+
+def cmd_reference(args: argparse.Namespace, settings: Settings) -> int:
+    return reference_command.run(args, settings)
 
 
 def _views(settings: Settings, name: str | None):
@@ -183,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     models_command.add_parser(sub)
     sub.choices["models"].set_defaults(func=cmd_models)
+
+    reference_command.add_parser(sub)
+    sub.choices["reference"].set_defaults(func=cmd_reference)
 
     p = sub.add_parser("produce-demo", help="publish synthetic card transactions")
     p.add_argument("--events", type=int, default=10000)

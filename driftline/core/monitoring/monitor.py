@@ -172,6 +172,14 @@ class Monitor:
         self.warnings += sum(e.severity != "drift" for e in events)
         return [_psi_alarm(e, key) for e in events if e.severity == "drift"]
 
+    def reload_profile(self, key: tuple[str, int]) -> None:
+        """The version's reference profile was replaced (``driftline reference rebase``): its
+        data-drift windows start afresh against the new one; fairness and concept state stay."""
+        version = self.versions.get(key)
+        if version is not None:
+            fresh = self._fresh(key)
+            version.psi, version.label_psi = fresh.psi, fresh.label_psi
+
     def _version(self, key: tuple[str, int]) -> _Version:
         version = self.versions.get(key)
         if version is None:

@@ -118,3 +118,28 @@ def test_every_statistic_is_exported_and_the_open_episode_is_listed(profile):
     assert len(rated) == 2 and rated <= {"segment=a", "segment=b", "segment=c"}  # the cap
     assert 0 < stats[("error_rate", "adwin_window")] < 0.5
     assert list(m.alarming()) == [("fraud", 1, "psi", "f1")]
+
+
+def test_a_reloaded_profile_restarts_only_the_psi_windows(profile):
+    current = {"p": profile}
+    m = Monitor(lambda name, version: current["p"], input_names=INPUTS, slice_names=SLICES)
+    rng = np.random.default_rng(4)
+    alarms = []
+    for i in range(12):
+        alarms += m.observe(*batch(rng, i * 1000, 1000, shift=1.5))
+    assert [a.subject for a in alarms if a.detector == "psi"] == ["f1"]
+    # The user accepts the change: the reference becomes the shifted data.
+    x = np.random.default_rng(5).normal(size=(N_TRAIN, 3))
+    x[:, 1] += 1.5
+    current["p"] = ReferenceProfile.from_columns(
+        {n: x[:, j] for j, n in enumerate(INPUTS)}, score=_score(x),
+        slices={"segment": rng.choice(["a", "b", "c"], N_TRAIN)},
+        label=(rng.random(N_TRAIN) < 0.1).astype(np.int64))
+    fairness = m.versions[("fraud", 1)].fairness
+    m.reload_profile(("fraud", 1))
+    assert m.versions[("fraud", 1)].fairness is fairness
+    later = []
+    for i in range(12, 24):
+        later += m.observe(*batch(rng, i * 1000, 1000, shift=1.5))
+    assert [a for a in later if a.detector == "psi"] == []
+    assert list(m.alarming()) == []
