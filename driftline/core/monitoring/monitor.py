@@ -53,10 +53,11 @@ class MonitorConfig:
     """The settings of every detector family; defaults are the documented ones (the fairness
     attributes default to the view's slice attributes, see `Monitor`)."""
 
-    psi: MonitorSettings = field(default_factory=MonitorSettings)
+    # The two PSI monitors of a version share one false-alarm budget (docs/data-drift.md).
+    psi: MonitorSettings = field(default_factory=lambda: MonitorSettings(budget_share=0.5))
     label_psi: MonitorSettings = field(default_factory=lambda: MonitorSettings(
-        overrides={LABEL: LABEL_THRESHOLDS}))
-    fairness: FairnessConfig = field(default_factory=FairnessConfig)
+        overrides={LABEL: LABEL_THRESHOLDS}, budget_share=0.5))
+    fairness: FairnessConfig | None = field(default_factory=FairnessConfig)  # None: no slices
     concept: DetectorConfig = field(default_factory=DetectorConfig)
 
 
@@ -103,7 +104,7 @@ class _Version:
 
     psi: PsiMonitor | None
     label_psi: PsiMonitor | None
-    fairness: FairnessMonitor
+    fairness: FairnessMonitor | None  # None when the view declares no slice attributes
     report: FairnessReport | None = None  # the last fairness evaluation
 
 
@@ -125,7 +126,7 @@ class Monitor:
                  input_names: Sequence[str] = (), slice_names: Sequence[str] = ()) -> None:
         self.profiles = profiles
         self.config = config or MonitorConfig(
-            fairness=FairnessConfig(attributes=tuple(slice_names)))
+            fairness=FairnessConfig(attributes=tuple(slice_names)) if slice_names else None)
         self.input_names = tuple(input_names)
         self.slice_names = tuple(slice_names)
         self.concept = ConceptDriftMonitor(self.config.concept)
@@ -156,12 +157,14 @@ class Monitor:
                 step = version.label_psi.update({LABEL: outcomes.label[rows]},
                                                 outcomes.event_time_ms[rows])
                 alarms += self._psi_alarms(step.events, key)
-            version.fairness.update(outcomes.event_time_ms[rows], outcomes.decision[rows],
-                                    outcomes.label[rows],
-                                    {a: outcomes.slices[a][rows]
-                                     for a in self.config.fairness.attributes})
-            report = version.report = version.fairness.evaluate()
-            alarms += [_fairness_alarm(e, key) for e in report.events if e.kind == "alarm"]
+            if version.fairness is not None:
+                version.fairness.update(outcomes.event_time_ms[rows], outcomes.decision[rows],
+                                        outcomes.label[rows],
+                                        {a: outcomes.slices[a][rows]
+                                         for a in self.config.fairness.attributes})
+                report = version.report = version.fairness.evaluate()
+                alarms += [_fairness_alarm(e, key) for e in report.events
+                           if e.kind == "alarm"]
         if len(outcomes):
             alarms += [_concept_alarm(a) for a in self.concept.update(outcomes).alarms]
         return alarms
@@ -188,7 +191,7 @@ class Monitor:
 
     def _fresh(self, key: tuple[str, int]) -> _Version:
         profile = self.profiles(*key)
-        fairness = FairnessMonitor(self.config.fairness)
+        fairness = FairnessMonitor(self.config.fairness) if self.config.fairness else None
         if profile is None:
             return _Version(None, None, fairness)
         inputs = [n for n in profile.names if n != LABEL]
@@ -272,8 +275,9 @@ class Monitor:
         names, numbers = snapshot["versions.name"], snapshot["versions.number"]
         for i, key in enumerate(zip(names.tolist(), numbers.tolist(), strict=True)):
             version = monitor.versions[key] = monitor._fresh(key)
-            version.fairness = FairnessMonitor.restore(
-                monitor.config.fairness, [_unprefixed(f"v{i}.fairness.", snapshot)])
+            if version.fairness is not None:
+                version.fairness = FairnessMonitor.restore(
+                    monitor.config.fairness, [_unprefixed(f"v{i}.fairness.", snapshot)])
             for part in ("psi", "label_psi"):
                 current = getattr(version, part)
                 piece = _unprefixed(f"v{i}.{part}.", snapshot)

@@ -143,3 +143,15 @@ def test_a_reloaded_profile_restarts_only_the_psi_windows(profile):
         later += m.observe(*batch(rng, i * 1000, 1000, shift=1.5))
     assert [a for a in later if a.detector == "psi"] == []
     assert list(m.alarming()) == []
+
+
+def test_a_view_without_slices_gets_every_detector_but_fairness(profile):
+    m = Monitor(lambda name, version: profile.select(["f0", "f1", "f2", "score", "label"]),
+                input_names=INPUTS)
+    rng = np.random.default_rng(6)
+    for i in range(12):
+        m.observe(*batch(rng, i * 1000, 1000, shift=1.5))
+    assert m.versions[("fraud", 1)].fairness is None
+    restored = Monitor.restore(m.snapshot(), m.profiles, input_names=INPUTS)
+    assert restored.versions[("fraud", 1)].fairness is None
+    assert list(restored.alarming()) == list(m.alarming()) == [("fraud", 1, "psi", "f1")]
