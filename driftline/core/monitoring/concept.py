@@ -11,9 +11,10 @@ joined outcomes, in outcome order (`LabelJoin` emits them by label time):
 
 Alarm discipline, the answer to "the same drift reported again and again" (river#574):
 
-* **Warm-up.** No alarm before ``warmup`` outcomes since the detectors (re)started: it is
-  river's own ``grace_period`` (ADWIN) and ``warm_start`` (DDM), so an alarm needs at least
-  ``warmup + 1`` outcomes.
+* **Warm-up.** No ADWIN alarm before ``adwin_grace`` (100) outcomes and no DDM alarm before
+  ``warmup`` (1,000) outcomes since the detectors (re)started: river's own ``grace_period``
+  (ADWIN) and ``warm_start`` (DDM). DDM's baseline is the best error rate it has seen, so it
+  needs the longer one; ADWIN's bound protects it on short windows.
 * **One alarm per change.** The first alarm of either family restarts *both* detectors of that
   model version from scratch, and the warm-up starts again. A change therefore yields one
   event, from whichever family saw it first; the fresh detectors learn the new error level as
@@ -79,7 +80,12 @@ class DetectorConfig:
     """Hyperparameters of the detectors, under river's names where river has them."""
 
     warmup: int = 1_000
-    """Outcomes after each (re)start before any alarm (ADWIN grace_period, DDM warm_start)."""
+    """Outcomes after each (re)start before DDM may alarm (its warm_start): DDM's baseline is
+    the best error rate it has seen, which needs many outcomes to be trustworthy."""
+    adwin_grace: int = 100
+    """Outcomes after each (re)start before ADWIN may alarm (its grace_period; river's default
+    is 10). ADWIN compares sub-windows with its own bound, so it needs no long warm-up, and a
+    long one blinds it to a change that follows an alarm closely (bench/README.md)."""
     adwin_delta: float = 0.002
     adwin_clock: int = 32
     adwin_max_buckets: int = 5
@@ -158,13 +164,13 @@ def _adwin_fresh(config: DetectorConfig) -> ADWIN:
         clock=config.adwin_clock,
         max_buckets=config.adwin_max_buckets,
         min_window_length=config.adwin_min_window_length,
-        grace_period=config.warmup,
+        grace_period=config.adwin_grace,
     )
 
 
 def _adwin_params(config: DetectorConfig) -> tuple[Any, ...]:
     return (config.adwin_delta, config.adwin_clock, config.adwin_max_buckets,
-            config.adwin_min_window_length, config.warmup)
+            config.adwin_min_window_length, config.adwin_grace)
 
 
 def adwin_export(detector: ADWIN, config: DetectorConfig) -> dict[str, np.ndarray]:
@@ -316,8 +322,9 @@ class ConceptDriftMonitor:
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
-        if self.config.warmup < 1:
-            raise ValueError(f"warmup must be >= 1, got {self.config.warmup}")
+        if self.config.warmup < 1 or self.config.adwin_grace < 1:
+            raise ValueError(f"warmup and adwin_grace must be >= 1, got {self.config.warmup} "
+                             f"and {self.config.adwin_grace}")
         self._models: dict[tuple[str, int], _ModelDetectors] = {}
 
     @property

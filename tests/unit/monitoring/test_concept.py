@@ -73,7 +73,7 @@ def river_reference(outcomes: OutcomeBatch, config: DetectorConfig) -> list[tupl
         return (ADWIN(delta=config.adwin_delta, clock=config.adwin_clock,
                       max_buckets=config.adwin_max_buckets,
                       min_window_length=config.adwin_min_window_length,
-                      grace_period=config.warmup),
+                      grace_period=config.adwin_grace),
                 DDM(warm_start=config.warmup, warning_threshold=config.ddm_warning_threshold,
                     drift_threshold=config.ddm_drift_threshold))
     adwin, ddm = fresh()
@@ -136,7 +136,7 @@ def test_ddm_alone_raises_one_alarm_and_river_ddm_at_its_defaults_bursts():
 
 
 def test_no_alarm_before_the_warm_up_even_when_the_change_comes_first():
-    config = DetectorConfig(warmup=5_000)
+    config = DetectorConfig(warmup=5_000, adwin_grace=5_000)
     outcomes = flip_stream(4, 20_000, changes=(3_000,))
     alarms = feed(ConceptDriftMonitor(config), outcomes)
     assert len(alarms) == 1
@@ -186,7 +186,7 @@ def test_adwin_state_round_trips_to_rivers_own_bytes_and_continues_identically()
     config = DetectorConfig()
     rng = np.random.default_rng(8)
     values = np.concatenate([rng.random(50_000) * 0.3, rng.random(50_000) * 0.6]).tolist()
-    live = ADWIN(grace_period=config.warmup)
+    live = ADWIN(grace_period=config.adwin_grace)
     for v in values[:40_000]:
         live.update(v)
     arrays = _savez_roundtrip(adwin_export(live, config))
