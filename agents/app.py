@@ -91,3 +91,13 @@ def create_app(settings: Settings, pipeline: BatchPipeline, service: Service
         return web.bytes(payload, content_type=content_type.split(";")[0])
 
     return app, batches
+
+
+def run_service(settings: Settings, pipeline: BatchPipeline, service: Service) -> int:
+    """Run `pipeline` as `service` in a Faust worker until a signal stops it."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app, _reader = create_app(settings, pipeline, service)
+    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True,
+                          override_logging=False)
+    worker.execute_from_commandline()  # returns via SystemExit when stopped by a signal
+    return 0

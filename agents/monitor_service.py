@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import faust
 import redis
 
 from driftline.adapters import kafka
 from driftline.adapters.dead_letters import DeadLetterSink
 from driftline.adapters.offline_store import AllPending, OfflineStore, PendingParquet
 from driftline.adapters.redis_state import RedisStateBackend
-from driftline.agents.app import Service, create_app
+from driftline.agents.app import Service, run_service
 from driftline.agents.ingest import wall_clock_ms
 from driftline.agents.monitor import DETECTORS, JOIN, MonitorStage, MonitorTopics
 from driftline.core.codec.decoder import Decoder
@@ -81,9 +80,4 @@ def build_monitor(settings: Settings, clock_ms=wall_clock_ms) -> MonitorStage:
 
 
 def run_monitor(settings: Settings) -> int:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app, _reader = create_app(settings, build_monitor(settings), Service.monitor(settings))
-    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True,
-                          override_logging=False)
-    worker.execute_from_commandline()  # returns via SystemExit when stopped by a signal
-    return 0
+    return run_service(settings, build_monitor(settings), Service.monitor(settings))

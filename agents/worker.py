@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import faust
 import redis
 
 from driftline.adapters import kafka
@@ -10,7 +9,7 @@ from driftline.adapters.dead_letters import DeadLetterSink
 from driftline.adapters.offline_store import OfflineStore, PendingParquet
 from driftline.adapters.redis_online import RedisOnlineStore
 from driftline.adapters.redis_state import RedisStateBackend
-from driftline.agents.app import Service, create_app
+from driftline.agents.app import Service, run_service
 from driftline.agents.features import FeatureStage
 from driftline.agents.ingest import IngestPipeline
 from driftline.core.codec.decoder import Decoder
@@ -52,9 +51,4 @@ def build_pipeline(settings: Settings) -> IngestPipeline:
 
 
 def run_worker(settings: Settings) -> int:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app, _reader = create_app(settings, build_pipeline(settings), Service.worker(settings))
-    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True,
-                          override_logging=False)
-    worker.execute_from_commandline()  # returns via SystemExit when stopped by a signal
-    return 0
+    return run_service(settings, build_pipeline(settings), Service.worker(settings))

@@ -3,13 +3,12 @@ restore of river's detectors, and the whole join -> detectors path surviving a r
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 from river.drift import ADWIN
 from river.drift.binary import DDM
 
+from driftline.adapters.redis_state import pack, unpack
 from driftline.core.monitoring.concept import (
     ConceptDriftMonitor,
     DetectorConfig,
@@ -175,11 +174,8 @@ def test_model_versions_are_watched_separately():
 
 
 def _savez_roundtrip(arrays):
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    buf.seek(0)
-    with np.load(buf, allow_pickle=False) as loaded:
-        return {k: loaded[k] for k in loaded.files}
+    """Through the bytes the Redis state backend stores (np.savez, loaded without pickle)."""
+    return unpack(pack(arrays))
 
 
 def test_adwin_state_round_trips_to_rivers_own_bytes_and_continues_identically():

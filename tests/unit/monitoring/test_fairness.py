@@ -3,7 +3,6 @@ de-duplication, event-time window expiry, merge, export cap and snapshot/restore
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -23,6 +22,7 @@ from fairlearn.metrics import (
 from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score
 
+from driftline.adapters.redis_state import pack, unpack
 from driftline.core.monitoring.fairness import (
     DP_DIFFERENCE,
     DP_RATIO,
@@ -368,12 +368,8 @@ def test_snapshot_and_deltas_restore_exactly_and_give_identical_later_alarms(inj
         log.append({**delta, **first.evaluate().state_delta})
     assert first.evaluate().open_alarms  # the restart happens with an alarm open
 
-    def through_npz(arrays):
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        buffer.seek(0)
-        with np.load(buffer, allow_pickle=False) as loaded:
-            return {k: loaded[k] for k in loaded.files}
+    def through_npz(arrays):  # the bytes the Redis state backend stores
+        return unpack(pack(arrays))
 
     from_snapshot = FairnessMonitor.restore(FairnessConfig(), [through_npz(first.snapshot())])
     from_log = FairnessMonitor.restore(FairnessConfig(), [through_npz(p) for p in log])

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 
+from driftline.adapters.redis_state import pack, unpack
 from driftline.core.monitoring.label_join import (
     IdIndex,
     JoinCounts,
@@ -333,11 +333,8 @@ def test_state_does_not_grow_with_stream_length_at_a_fixed_rate():
 
 
 def _savez_roundtrip(arrays):
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    buf.seek(0)
-    with np.load(buf, allow_pickle=False) as loaded:
-        return {k: loaded[k] for k in loaded.files}
+    """Through the bytes the Redis state backend stores (np.savez, loaded without pickle)."""
+    return unpack(pack(arrays))
 
 
 @pytest.mark.parametrize("stop", [7, 45, 101])
