@@ -73,10 +73,11 @@ def serve(app: web.Application) -> Iterator[str]:
 
 
 def run_fuzz_suite(url: str) -> subprocess.CompletedProcess:
-    """The integration suite's fuzz test, in a child pytest, against `url`."""
+    """The integration suite's fuzz test, in a child pytest, against `url`. No short summary
+    (`-rN`): with CI set, pytest would print each failure's whole text again there."""
     env = {**os.environ, "FUZZ_SCORER_URL": url, "FUZZ_MAX_EXAMPLES": str(FUZZ_EXAMPLES)}
     return subprocess.run(
-        [sys.executable, "-m", "pytest", f"{FUZZ_MODULE}::{FUZZ_TEST}", "-q", "-p",
+        [sys.executable, "-m", "pytest", f"{FUZZ_MODULE}::{FUZZ_TEST}", "-q", "-rN", "-p",
          "no:cacheprovider"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
