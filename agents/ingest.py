@@ -57,6 +57,34 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def decode_or_dead_letter(messages: Sequence[Message], decoder, dead_letters: DeadLetterSink,
+                          guard: EventTimeGuard | None = None,
+                          clock_ms: Callable[[], int] = wall_clock_ms,
+                          ) -> tuple[list[Message], list[dict[str, Any]]]:
+    """Decode one topic's `messages`; send each one that fails, and each record `guard` refuses
+    at the clock's time (read once), to the DLQ with its reason. Returns the good messages and
+    their records, in order. Counts messages consumed and records decoded for the topic."""
+    if not messages:
+        return [], []
+    topic = messages[0].topic()
+    MESSAGES_CONSUMED.labels(topic).inc(len(messages))
+    records, failures = decoder.decode_many([m.value() or b"" for m in messages])
+    failed = {index for index, _ in failures}
+    for index, error in failures:
+        dead_letters.send(messages[index], error.reason, error.detail)
+    RECORDS_DECODED.labels(topic).inc(len(records))
+    good = [m for i, m in enumerate(messages) if i not in failed]
+    if guard is not None:
+        rejected = guard.reject(records, clock_ms())
+        if rejected:
+            for r in rejected:
+                dead_letters.send(good[r.index], r.reason, r.detail)
+            drop = {r.index for r in rejected}
+            good = [m for i, m in enumerate(good) if i not in drop]
+            records = [rec for i, rec in enumerate(records) if i not in drop]
+    return good, records
+
+
 class IngestPipeline:
     """`guard` is the event-time guard of the topic's source (None: no guard); `clock_ms` the
     wall clock it compares with, read once per batch."""
@@ -85,22 +113,8 @@ class IngestPipeline:
         messages = [m for batch in batches for m in batch.messages]
         if not messages:
             return
-        topic = messages[0].topic()
-        MESSAGES_CONSUMED.labels(topic).inc(len(messages))
-        records, failures = self.decoder.decode_many([m.value() or b"" for m in messages])
-        failed = {index for index, _ in failures}
-        for index, error in failures:
-            self.dead_letters.send(messages[index], error.reason, error.detail)
-        RECORDS_DECODED.labels(topic).inc(len(records))
-        good = [m for i, m in enumerate(messages) if i not in failed]
-        if self.guard is not None:
-            rejected = self.guard.reject(records, self.clock_ms())
-            if rejected:
-                for r in rejected:
-                    self.dead_letters.send(good[r.index], r.reason, r.detail)
-                drop = {r.index for r in rejected}
-                good = [m for i, m in enumerate(good) if i not in drop]
-                records = [rec for i, rec in enumerate(records) if i not in drop]
+        good, records = decode_or_dead_letter(messages, self.decoder, self.dead_letters,
+                                              self.guard, self.clock_ms)
         by_partition = {b.partition: PartitionBatch(
             b.partition, consumed=(b.messages[0].offset(), b.messages[-1].offset()))
             for b in batches if b.messages}

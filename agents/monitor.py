@@ -42,11 +42,11 @@ from driftline.adapters.metrics import (
     JOIN_STATE_ROWS,
     LABEL_COVERAGE,
     LABEL_DELAY_SECONDS,
-    MESSAGES_CONSUMED,
     OUTCOMES,
     UNMATCHED,
 )
 from driftline.adapters.offline_store import OfflineStore
+from driftline.agents.ingest import decode_or_dead_letter
 from driftline.core.codec.decoder import Decoder
 from driftline.core.codec.schema_set import SchemaSet
 from driftline.core.codec.single_object import encode
@@ -183,20 +183,11 @@ class MonitorStage:
         BATCH_SECONDS.labels("monitor").observe(time.perf_counter() - start)
 
     def _decode(self, batch: MessageBatch) -> list[dict]:
-        """The batch's valid records, in offset order; the others dead-lettered."""
-        MESSAGES_CONSUMED.labels(batch.topic).inc(len(batch.messages))
-        records, failures = self.decoders[batch.topic].decode_many(
-            [m.value() or b"" for m in batch.messages])
-        failed = {i for i, _ in failures}
-        for i, error in failures:
-            self.dead_letters.send(batch.messages[i], error.reason, error.detail)
-        if batch.topic == self.topics.labels and self.label_guard is not None:
-            good = [m for i, m in enumerate(batch.messages) if i not in failed]
-            rejected = self.label_guard.reject(records, self.clock_ms())
-            for r in rejected:
-                self.dead_letters.send(good[r.index], r.reason, r.detail)
-            drop = {r.index for r in rejected}
-            records = [rec for i, rec in enumerate(records) if i not in drop]
+        """The batch's valid records, in offset order; the others dead-lettered (labels also
+        when the event-time guard refuses their ``label_time``)."""
+        guard = self.label_guard if batch.topic == self.topics.labels else None
+        _, records = decode_or_dead_letter(batch.messages, self.decoders[batch.topic],
+                                           self.dead_letters, guard, self.clock_ms)
         return records
 
     def _archive(self, p: int, outcomes: OutcomeBatch, batches: Sequence[MessageBatch],
