@@ -35,7 +35,7 @@ maximum length, so that buffer would grow with every stationary outcome, while t
 stays at ``(max_buckets + 1) * log2(width)`` entries.)
 
 >>> import numpy as np
->>> from driftline.core.monitoring.label_join import OutcomeBatch
+>>> from driftline.core.monitoring.label_join import OutcomeBatch, rows_by_model
 >>> rng = np.random.default_rng(0)
 >>> n = 20_000
 >>> x = rng.normal(size=n)
@@ -65,7 +65,7 @@ import river
 from river.drift import ADWIN
 from river.drift.binary import DDM
 
-from driftline.core.monitoring.label_join import OutcomeBatch
+from driftline.core.monitoring.label_join import OutcomeBatch, rows_by_model
 
 STATE_FORMAT = 1
 _EARLIEST, _LATEST = np.iinfo(np.int64).max, np.iinfo(np.int64).min  # an empty time window
@@ -351,7 +351,7 @@ class ConceptDriftMonitor:
         misses = decision_error(outcomes)
         found: list[tuple[int, int, DriftAlarm]] = []
         touched = []
-        for key, rows in _rows_by_model(outcomes.model_name, outcomes.model_version):
+        for key, rows in rows_by_model(outcomes.model_name, outcomes.model_version):
             model = self._models.get(key)
             if model is None:
                 model = self._models[key] = _ModelDetectors(_adwin_fresh(self.config),
@@ -526,22 +526,6 @@ def _first_alarm(
         if hit or ddm_hit:
             return i, hit, ddm_hit
     return None, False, False
-
-
-def _rows_by_model(
-    names: np.ndarray, versions: np.ndarray
-) -> list[tuple[tuple[str, int], np.ndarray]]:
-    """(model name, version) -> its rows in batch order, for each pair present, sorted."""
-    if not len(names):
-        return []
-    name_u, name_i = np.unique(np.asarray(names, dtype=str), return_inverse=True)
-    version_u, version_i = np.unique(np.asarray(versions, dtype=np.int64), return_inverse=True)
-    code = name_i.astype(np.int64) * len(version_u) + version_i
-    order = np.argsort(code, kind="stable")
-    codes, starts = np.unique(code[order], return_index=True)
-    groups = np.split(order, starts[1:])
-    return [((str(name_u[c // len(version_u)]), int(version_u[c % len(version_u)])), rows)
-            for c, rows in zip(codes.tolist(), groups, strict=True)]
 
 
 def _ragged(family: str, pieces: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -753,6 +753,23 @@ class LabelJoin:
         self._batches = batch
 
 
+def rows_by_model(
+    names: np.ndarray, versions: np.ndarray
+) -> list[tuple[tuple[str, int], np.ndarray]]:
+    """(model name, version) -> its rows in batch order, for each pair present, sorted by
+    (name, version): how the monitor's detectors split a batch of predictions or outcomes."""
+    if not len(names):
+        return []
+    name_u, name_i = np.unique(np.asarray(names, dtype=str), return_inverse=True)
+    version_u, version_i = np.unique(np.asarray(versions, dtype=np.int64), return_inverse=True)
+    code = name_i.astype(np.int64) * len(version_u) + version_i
+    order = np.argsort(code, kind="stable")
+    codes, starts = np.unique(code[order], return_index=True)
+    groups = np.split(order, starts[1:])
+    return [((str(name_u[c // len(version_u)]), int(version_u[c % len(version_u)])), rows)
+            for c, rows in zip(codes.tolist(), groups, strict=True)]
+
+
 def _prefixed(prefix: str, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {prefix + name: col for name, col in columns.items()}
 

@@ -36,7 +36,7 @@ from driftline.core.monitoring.fairness import (
     FairnessReport,
     export_values,
 )
-from driftline.core.monitoring.label_join import OutcomeBatch, PredictionBatch
+from driftline.core.monitoring.label_join import OutcomeBatch, PredictionBatch, rows_by_model
 from driftline.core.monitoring.profile import ReferenceProfile
 from driftline.core.monitoring.psi import DriftEvent, MonitorSettings, PsiMonitor, Thresholds
 
@@ -139,7 +139,7 @@ class Monitor:
         """Feed one batch (predictions in arrival order, outcomes in join order); returns the
         alarms it raised, data drift first, then label drift, fairness and concept drift."""
         alarms: list[Alarm] = []
-        for key, rows in _groups(predictions.model_name, predictions.model_version):
+        for key, rows in rows_by_model(predictions.model_name, predictions.model_version):
             version = self._version(key)
             if version.psi is None:
                 self.unprofiled += len(rows)
@@ -151,7 +151,7 @@ class Monitor:
                 columns[s] = predictions.slices[s][rows]
             step = version.psi.update(columns, predictions.event_time_ms[rows])
             alarms += self._psi_alarms(step.events, key)
-        for key, rows in _groups(outcomes.model_name, outcomes.model_version):
+        for key, rows in rows_by_model(outcomes.model_name, outcomes.model_version):
             version = self._version(key)
             if version.label_psi is not None:
                 step = version.label_psi.update({LABEL: outcomes.label[rows]},
@@ -291,18 +291,6 @@ class Monitor:
         if concept:
             monitor.concept = ConceptDriftMonitor.restore([concept], monitor.config.concept)
         return monitor
-
-
-def _groups(names: np.ndarray, versions: np.ndarray) -> Iterator[tuple[tuple[str, int],
-                                                                       np.ndarray]]:
-    """(model name, version) -> row indices, in order of first appearance; rows stay in order."""
-    if len(names) == 0:
-        return
-    keys = np.char.add(np.char.add(names.astype(str), "\x00"), versions.astype(str))
-    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    for group in np.argsort(first, kind="stable"):
-        rows = np.flatnonzero(inverse == group)
-        yield (str(names[rows[0]]), int(versions[rows[0]])), rows
 
 
 def _prefixed(prefix: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
