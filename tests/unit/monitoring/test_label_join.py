@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 
 from driftline.adapters.redis_state import pack, unpack
+from driftline.core.monitoring.id_index import IdIndex, fingerprint
 from driftline.core.monitoring.label_join import (
-    IdIndex,
     JoinCounts,
     LabelBatch,
     LabelJoin,
     OutcomeBatch,
     PredictionBatch,
-    fingerprint,
 )
 from driftline.core.state import MemoryStateBackend, PartitionState
 
