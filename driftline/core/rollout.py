@@ -43,7 +43,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from driftline.core.monitoring.fairness import newcombe_interval, wilson_interval
+from driftline.core.monitoring.intervals import newcombe_interval, wilson_interval
 
 DIRECT, SHADOW, CANARY, AB = "direct", "shadow", "canary", "ab"
 KINDS = (DIRECT, SHADOW, CANARY, AB)

@@ -52,6 +52,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import optimize, special, stats
 
+from driftline.core.monitoring import intervals
 from driftline.core.monitoring.profile import LABEL, Histogram, ReferenceProfile
 
 HALF_COUNT = 0.5  # an empty bin counts as half an observation of its sample
@@ -134,11 +135,8 @@ def wilson_interval(positives: int, total: int, confidence: float = 0.95) -> tup
     """Wilson score interval for a binomial proportion (``(0, 1)`` when total is 0)."""
     if total <= 0:
         return 0.0, 1.0
-    z = stats.norm.isf((1 - confidence) / 2)
-    p = positives / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low, high = intervals.wilson_interval(positives, total, stats.norm.isf((1 - confidence) / 2))
+    return float(low), float(high)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.stats import norm
 
-from driftline.core.monitoring.fairness import DP_DIFFERENCE, EO_DIFFERENCE, newcombe_interval
+from driftline.core.monitoring.fairness import DP_DIFFERENCE, EO_DIFFERENCE
+from driftline.core.monitoring.intervals import newcombe_interval
 from driftline.core.monitoring.profile import FEATURE, ReferenceProfile
 from driftline.core.monitoring.psi import compare
 

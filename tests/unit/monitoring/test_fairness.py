@@ -36,6 +36,8 @@ from driftline.core.monitoring.fairness import (
     FairnessMonitor,
     FairnessReport,
     export_values,
+)
+from driftline.core.monitoring.intervals import (
     katz_log_interval,
     newcombe_interval,
     wilson_interval,
