@@ -210,7 +210,7 @@ class MonitorStage:
             columns[s] = outcomes.slices[s].tolist()
         for j, name in enumerate(self.input_names):
             columns[name] = outcomes.inputs[:, j]
-        return self.offline.write(self.offline.outcomes_dir() / f"by={topic}", p, columns, epoch,
+        return self.offline.write(self.offline.outcomes_dir(topic), p, columns, epoch,
                                   span=(messages[0].offset(), messages[-1].offset()))
 
     def _count(self, p: int, outcomes: OutcomeBatch, join: LabelJoin) -> None:

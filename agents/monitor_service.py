@@ -64,7 +64,7 @@ def build_monitor(settings: Settings, clock_ms=wall_clock_ms) -> MonitorStage:
     topics = MonitorTopics(settings.topic_predictions, settings.topic_labels,
                            settings.topic_drift)
     client = redis.Redis.from_url(settings.redis_url_or_fail)
-    files = AllPending([PendingParquet(offline, t, [offline.outcomes_dir() / f"by={t}"])
+    files = AllPending([PendingParquet(offline, t, [offline.outcomes_dir(t)])
                         for t in (topics.labels, topics.predictions)])
     state = PartitionState(
         RedisStateBackend(client, settings.group_monitor, topics.predictions),

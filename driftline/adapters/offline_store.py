@@ -44,6 +44,11 @@ def _day(ms: np.ndarray) -> np.ndarray:
     return (ms // MS_PER_DAY).astype("datetime64[D]").astype(str)
 
 
+def day_of(ms: int) -> str:
+    """The ``date=`` folder name (UTC day) an event time is filed under."""
+    return str(_day(np.asarray([ms], dtype=np.int64))[0])
+
+
 class OfflineStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -54,9 +59,22 @@ class OfflineStore:
     def events_dir(self, topic: str) -> Path:
         return self.root / "events" / f"topic={topic}"
 
-    def outcomes_dir(self) -> Path:
-        """The monitor's outcomes: each prediction joined with its label (training data)."""
-        return self.root / "outcomes"
+    def outcomes_dir(self, named_by: str) -> Path:
+        """The monitor's outcomes (each prediction joined with its label: training data) in
+        files named by the offsets of topic `named_by` (see ``agents/monitor.py``)."""
+        return self.root / "outcomes" / f"by={named_by}"
+
+    def outcomes_dirs(self) -> list[Path]:
+        """Every folder of outcomes, whichever topic names its files."""
+        return sorted((self.root / "outcomes").glob("by=*"))
+
+    def published_days(self, base: Path) -> list[Path]:
+        """The ``date=…`` folders of `base` holding published files, newest first (a day
+        holds ``*.parquet`` files; pending ones end in ``.pending-<epoch>``)."""
+        if not base.is_dir():
+            return []
+        return sorted({p.parent for p in base.glob("date=*/*.parquet")}, key=lambda p: p.name,
+                      reverse=True)
 
     def write(self, base: Path, partition: int, columns: Mapping[str, np.ndarray | Sequence],
               pending_epoch: int, event_time_column: str = "event_time",

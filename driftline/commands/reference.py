@@ -105,20 +105,6 @@ class OfflineRows:
     skipped_versions: tuple[str, ...]
 
 
-def _day(ms: int) -> str:
-    from driftline.adapters.offline_store import MS_PER_DAY
-
-    return str(np.datetime64(int(ms) // MS_PER_DAY, "D"))
-
-
-def _published_days(base: Path) -> list[Path]:
-    """The ``date=…`` folders of `base` holding published files, newest first."""
-    if not base.is_dir():
-        return []
-    return sorted({p.parent for p in base.glob("date=*/*.parquet")}, key=lambda p: p.name,
-                  reverse=True)
-
-
 def last_rows(store: OfflineStore, view: str, view_version: str, inputs: Sequence[str],
               slice_names: Sequence[str], n: int) -> OfflineRows:
     """The last `n` rows by event time of `view` whose ``view_version`` is `view_version`.
@@ -130,7 +116,7 @@ def last_rows(store: OfflineStore, view: str, view_version: str, inputs: Sequenc
     import pyarrow.parquet as pq
 
     base = store.features_dir(view)
-    days = _published_days(base)
+    days = store.published_days(base)
     if not days:
         raise Refused(f"view {view} has no rows in the offline store ({base})")
     wanted = ["event_id", "event_time", "partition", "offset", *slice_names, *inputs]
@@ -208,15 +194,15 @@ def outcome_labels(store: OfflineStore, model_name: str, event_ids: np.ndarray,
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    root = store.outcomes_dir()
-    bases = [root, *sorted(root.glob("by=*"))] if root.is_dir() else []
-    first_day = f"date={_day(since_ms)}"
+    from driftline.adapters.offline_store import day_of
+
+    first_day = f"date={day_of(since_ms)}"
     wanted = pa.array(np.unique(event_ids.astype(str)), type=pa.string())
     ids: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     times: list[np.ndarray] = []
-    for base in bases:
-        for day in _published_days(base):
+    for base in store.outcomes_dirs():
+        for day in store.published_days(base):
             if day.name < first_day:
                 continue
             for path in sorted(day.glob("*.parquet")):

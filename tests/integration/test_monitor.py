@@ -87,8 +87,7 @@ def drift_events(settings, expected: int, timeout: float = 10) -> list[dict]:
 
 def outcomes(settings):
     store = OfflineStore(settings.data_dir / "offline")
-    base = store.outcomes_dir()
-    tables = [store.read(d).to_pandas() for d in sorted(base.glob("by=*"))]
+    tables = [store.read(d).to_pandas() for d in store.outcomes_dirs()]
     import pandas as pd
 
     return pd.concat([t for t in tables if len(t)], ignore_index=True) if tables else None

@@ -161,7 +161,7 @@ def write_outcomes(d: Deployment, rows: np.ndarray, labels: np.ndarray,
                "label_time": d.times[rows] + delay, "label": labels.astype(np.int64),
                "model_name": [model] * len(rows), "model_version": np.ones(len(rows), np.int64),
                "score": np.full(len(rows), 0.5), "channel": d.channel[rows].tolist()}
-    base = d.store.outcomes_dir() / "by=driftline.labels"
+    base = d.store.outcomes_dir("driftline.labels")
     publish(d.store.write(base, 0, columns, pending_epoch=1, span=(0, len(rows))))
 
 
