@@ -111,7 +111,8 @@ class MonitorStage:
 
     # -- rebalance ---------------------------------------------------------------------------
     def on_assign(self, partitions: Sequence[PartitionId]) -> dict[PartitionId, int]:
-        numbers = sorted({p.partition for p in partitions})
+        assigned = set(partitions)
+        numbers = sorted({p.partition for p in assigned})
         resume: dict[PartitionId, int] = {}
         for p, restored in self.state.assign(numbers).items():
             log_ = restored.logs[JOIN]
@@ -126,8 +127,9 @@ class MonitorStage:
                     else Monitor(self.profiles, input_names=self.input_names,
                                  slice_names=self.slice_names)
             for topic, offset in restored.offsets.items():
-                resume[PartitionId(topic, p)] = offset
-        return {pid: offset for pid, offset in resume.items() if pid in set(partitions)}
+                if PartitionId(topic, p) in assigned:
+                    resume[PartitionId(topic, p)] = offset
+        return resume
 
     def on_revoke(self, partitions: Sequence[PartitionId]) -> None:
         numbers = sorted({p.partition for p in partitions})
