@@ -73,6 +73,9 @@ class Settings:
     topic_drift: str = _setting("DRIFTLINE_TOPIC_DRIFT", "driftline.drift", "drift events")
     topic_models: str = _setting(
         "DRIFTLINE_TOPIC_MODELS", "driftline.models", "model stage transitions")
+    topic_shadow: str = _setting(
+        "DRIFTLINE_TOPIC_SHADOW", "driftline.shadow",
+        "a shadow candidate's predictions (never on the predictions topic)")
     topic_dlq: str = _setting(
         "DRIFTLINE_TOPIC_DLQ", "driftline.dlq", "dead letters: original bytes and the reason")
     group_features: str = _setting(
@@ -92,6 +95,15 @@ class Settings:
     label_horizon_s: int = _setting(
         "DRIFTLINE_LABEL_HORIZON_S", 7 * 24 * 3600,
         "how long (event time) a prediction waits for its label, and a label for its prediction")
+    controller_host: str = _setting(
+        "DRIFTLINE_CONTROLLER_HOST", "127.0.0.1", "retrain controller HTTP host")
+    controller_port: int = _setting(
+        "DRIFTLINE_CONTROLLER_PORT", 6068, "retrain controller HTTP port")
+    group_controller: str = _setting(
+        "DRIFTLINE_GROUP_CONTROLLER", "driftline-retrain", "consumer group of the retrain controller")
+    retraining_config: Path | None = _setting(
+        "DRIFTLINE_RETRAINING_CONFIG", None,
+        "YAML of per-model retraining and rollout policies; unset = the defaults")
     scorer_host: str = _setting("DRIFTLINE_SCORER_HOST", "127.0.0.1", "scorer HTTP host")
     scorer_port: int = _setting("DRIFTLINE_SCORER_PORT", 8000, "scorer HTTP port")
     group_scorer: str = _setting(

@@ -36,6 +36,8 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 PROFILE_FILE = "reference_profile.json"
+LINEAGE_FILE = "lineage.json"  # how a retrained version came about: job, drift ids, gates
+PLAN_FILE = "serving_plan.json"  # per model: the rollout the scorers apply beside Production
 PREVIOUS_PROFILE_FILE = "reference_profile.previous.json"
 
 
@@ -152,12 +154,14 @@ class ModelRegistry:
         inputs: Sequence[str], training_range: tuple[int, int], metrics: Mapping[str, float],
         parent: int | None, created_at_ms: int, tags: Mapping[str, str] | None = None,
         reference_profile: Mapping[str, Any] | None = None,
+        lineage: Mapping[str, Any] | None = None,
     ) -> ModelVersion:
         """Store a new version (stage None) after checking the bytes are a valid ONNX model.
 
         `reference_profile` is the JSON form of the training data's reference profile (the
         monitor's baseline for data drift), stored beside the model as
-        ``reference_profile.json``."""
+        ``reference_profile.json``. `lineage` (the retraining job, its drift events, its gate
+        results) is stored as ``lineage.json`` in the same atomic rename."""
         if not _NAME.fullmatch(name):
             raise RegistryError(f"invalid model name {name!r}: letters, digits, '_', '.', '-'")
         inputs = tuple(inputs)
@@ -189,6 +193,8 @@ class ModelRegistry:
             (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
             if reference_profile is not None:
                 (tmp / PROFILE_FILE).write_text(json.dumps(reference_profile, sort_keys=True))
+            if lineage is not None:
+                (tmp / LINEAGE_FILE).write_text(json.dumps(lineage, indent=2, sort_keys=True))
             os.replace(tmp, self._version_dir(name, version))
         return self.get(name, version)
 
@@ -199,6 +205,34 @@ class ModelRegistry:
             return json.loads((self._version_dir(name, version) / PROFILE_FILE).read_text())
         except FileNotFoundError:
             return None
+
+    def lineage(self, name: str, version: int) -> dict[str, Any] | None:
+        """The version's lineage (``lineage.json``), or None for a version registered by hand."""
+        self.get(name, version)
+        try:
+            return json.loads((self._version_dir(name, version) / LINEAGE_FILE).read_text())
+        except FileNotFoundError:
+            return None
+
+    def serving_plan(self, name: str) -> dict[str, Any] | None:
+        """The model's current rollout plan (``core.rollout.ServingPlan`` mapping), or None when
+        only Production serves."""
+        try:
+            return json.loads((self.root / name / PLAN_FILE).read_text())
+        except FileNotFoundError:
+            return None
+
+    def set_serving_plan(self, name: str, plan: Mapping[str, Any] | None) -> None:
+        """Replace (None: remove) the model's rollout plan, atomically, under the model lock.
+        Scorers re-read it on every ``driftline.ModelEvent`` of the model."""
+        if not (self.root / name / "versions").is_dir():
+            raise RegistryError(f"unknown model {name!r}")
+        with self._locked(name):
+            path = self.root / name / PLAN_FILE
+            if plan is None:
+                path.unlink(missing_ok=True)
+            else:
+                _atomic_write(path, json.dumps(plan, indent=2, sort_keys=True).encode())
 
     def replace_reference_profile(self, name: str, version: int,
                                   profile: Mapping[str, Any]) -> None:

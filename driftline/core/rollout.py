@@ -230,6 +230,48 @@ def event_to_dict(event: RolloutEvent) -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True)
+class ServingPlan:
+    """What every scorer applies while a rollout runs (the registry's ``serving_plan.json``).
+
+    ``kind`` shadow: the candidate scores every record too, labelled `Arm.SHADOW`, and only
+    Production's predictions are published. canary / ab: an entity whose `bucket` (salted with
+    ``salt``) is below ``share`` is scored and published by the candidate (`Arm.CANDIDATE`),
+    every other by Production. Production itself is whatever the registry has in Production.
+    """
+
+    model_name: str
+    kind: str
+    candidate_version: int
+    share: float
+    salt: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in (SHADOW, CANARY, AB):
+            raise ValueError(f"a serving plan is shadow, canary or ab, not {self.kind!r}")
+        if not 0.0 <= self.share <= 1.0:
+            raise ValueError(f"share must be in [0, 1]: {self.share}")
+
+    @property
+    def shadow(self) -> bool:
+        return self.kind == SHADOW
+
+    def to_candidate(self, entity_ids: Sequence[Any] | np.ndarray) -> np.ndarray:
+        """True where the candidate scores and publishes (never under shadow)."""
+        if self.shadow:
+            return np.zeros(len(entity_ids), dtype=bool)
+        return arm_for(entity_ids, self.share, self.salt)
+
+    def to_mapping(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> ServingPlan:
+        return cls(model_name=str(data["model_name"]), kind=str(data["kind"]),
+                   candidate_version=int(data["candidate_version"]),
+                   share=float(data["share"]), salt=str(data.get("salt", "")))
+
+
 class RolloutState:
     """The state of one rollout: step, per-arm counts, status; decisions in `observe`."""
 
@@ -264,6 +306,14 @@ class RolloutState:
         arms = np.where(to_candidate, CANDIDATE, PRODUCTION)
         versions = np.where(to_candidate, self.candidate_version, self.production_version)
         return arms, versions
+
+    def plan(self, model_name: str) -> ServingPlan | None:
+        """What the scorers must apply now; None once the rollout ended (promoted or rolled
+        back) or for a direct rollout: then Production alone serves."""
+        if self.status != RUNNING or self.policy.kind == DIRECT:
+            return None
+        return ServingPlan(model_name, self.policy.kind, self.candidate_version, self.share,
+                           self.policy.salt)
 
     def opening_events(self) -> list[RolloutEvent]:
         """What starting the rollout announces: direct promotes, canary opens its first step."""
