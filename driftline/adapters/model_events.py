@@ -9,7 +9,8 @@ retrain controller.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from driftline.adapters import kafka
 from driftline.core.codec.single_object import encode
@@ -46,18 +47,23 @@ class ModelEventPublisher:
     def enabled(self) -> bool:
         return bool(self.settings.kafka_bootstrap)
 
-    def publish(self, transition: Transition) -> bool:
-        """Send every ModelEvent of `transition`; False (and a warning) when no broker is set."""
+    def publish(self, transition: Transition, **lineage: Any) -> bool:
+        """Send every ModelEvent of `transition`; False (and a warning) when no broker is set.
+        ``lineage`` adds fields to each record (``job_id``, ``drift_ids``, ...)."""
+        return self.publish_records([dict(event.to_model_event(), **lineage)
+                                     for event in transition.events()])
+
+    def publish_records(self, records: Sequence[Mapping[str, Any]]) -> bool:
+        """Send ``driftline.ModelEvent`` records (``core.retraining.lineage``), flushed."""
         if not self.enabled:
             self._warn(NOT_PUBLISHED)
             return False
         if self._producer is None:
             self._producer = self._make_producer(self.settings)
-        for event in transition.events():
+        for record in records:
             # Keyed by model name (docs/topics-and-schemas.md): one model's events stay in order.
-            self._producer.produce(self.settings.topic_models,
-                                   encode(MODEL_EVENT_SCHEMA, event.to_model_event()),
-                                   key=event.model_name.encode())
+            self._producer.produce(self.settings.topic_models, encode(MODEL_EVENT_SCHEMA, record),
+                                   key=str(record["model_name"]).encode())
         self._producer.flush_or_raise()
         return True
 

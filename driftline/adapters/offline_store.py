@@ -135,6 +135,10 @@ class OfflineStore:
             tmp.unlink(missing_ok=True)
         return published, removed
 
+    def published_files(self, base: Path) -> list[Path]:
+        """Every published file under `base`, in name order (pending ones excluded)."""
+        return sorted(base.glob("date=*/*.parquet")) if base.exists() else []
+
     def read(self, base: Path) -> pa.Table:
         """Every published row under `base` (empty table when nothing was written). Pending
         files are not read: a dataset over the folder would include them."""

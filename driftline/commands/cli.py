@@ -63,6 +63,18 @@ def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
     return run_monitor(settings)
 
 
+def cmd_retrain_controller(args: argparse.Namespace, settings: Settings) -> int:
+    from driftline.agents.retrain_controller import run_controller
+
+    return run_controller(settings)
+
+
+def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
+    from driftline.commands.retrain import run
+
+    return run(args, settings)
+
+
 def cmd_produce_demo(args: argparse.Namespace, settings: Settings) -> int:
     from driftline.adapters.event_producer import produce_demo
 
@@ -186,6 +198,19 @@ def build_parser() -> argparse.ArgumentParser:
                                        "detectors, drift events (Faust)")
     p.set_defaults(func=cmd_monitor)
 
+    p = sub.add_parser("retrain-controller",
+                       help="run the retrain controller: drift events start retraining jobs, "
+                            "gates decide, rollouts promote")
+    p.set_defaults(func=cmd_retrain_controller)
+
+    p = sub.add_parser("retrain", help="start a retraining job by hand and wait for its end")
+    p.add_argument("model")
+    p.add_argument("--shuffle-labels", action="store_true",
+                   help="a negative control: train on permuted labels (the gates must reject)")
+    p.add_argument("--wait", type=float, default=600.0,
+                   help="seconds to wait for the job to end (0: return at once)")
+    p.set_defaults(func=cmd_retrain)
+
     models_command.add_parser(sub)
     sub.choices["models"].set_defaults(func=cmd_models)
 
@@ -217,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("demo", help="the main job on embedded defaults, end to end")
-    p.add_argument("--events", type=int, default=20000)
+    p.add_argument("--events", type=int, default=60000)
     p.set_defaults(func=cmd_demo, own_stack=True)
     return parser
 

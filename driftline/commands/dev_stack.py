@@ -92,7 +92,8 @@ def wait_healthy(url: str, proc: ManagedProcess, timeout: float,
 
 def spawn_service(settings: Settings, service: str, log_dir, name: str | None = None
                   ) -> ManagedProcess:
-    """Start `driftline worker`, `serve` or `monitor` (a port of 0 means: pick a free one)."""
+    """Start `driftline worker`, `serve`, `monitor` or `retrain-controller` (a port of 0 means:
+    pick a free one)."""
     command, role = SERVICES[service]
     host, port = getattr(settings, f"{role}_host"), getattr(settings, f"{role}_port")
     port = port or local_servers.free_port()
@@ -119,9 +120,10 @@ def start_service(settings: Settings, service: str, log_dir, timeout: float = 60
 
 # service name -> (driftline subcommand, settings prefix of its host and port)
 SERVICES = {"worker": ("worker", "worker"), "scorer": ("serve", "scorer"),
-            "monitor": ("monitor", "monitor")}
+            "monitor": ("monitor", "monitor"),
+            "controller": ("retrain-controller", "controller")}
 ENDPOINTS = {"worker": "(/health /metrics)", "scorer": "(/predict /health /openapi.json)",
-             "monitor": "(/health /metrics)"}
+             "monitor": "(/health /metrics)", "controller": "(/health /metrics)"}
 
 
 def _consuming(body: dict) -> bool:
@@ -184,7 +186,7 @@ def run_dev(settings: Settings, with_services: bool = True, out=print) -> int:
         stack.endpoints.append(("topics", ", ".join(sorted(created))))
         services = {}
         if with_services:
-            names = ("worker", "scorer", "monitor")
+            names = ("worker", "scorer", "monitor", "controller")
             procs = start_services(stack, *names)
             services = {name: proc.address for name, proc in zip(names, procs, strict=True)}
         try:

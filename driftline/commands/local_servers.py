@@ -30,7 +30,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # Linux only: the kernel sends SIGTERM to the child when the parent thread exits.
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -71,7 +71,7 @@ def spawn(name: str, argv: list[str], log_dir: Path, address: str,
     log = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
     proc = subprocess.Popen(
         argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        env=env, start_new_session=True, preexec_fn=_die_with_parent,
+        env=env, start_new_session=True, preexec_fn=die_with_parent,
     )
     log.close()
     return ManagedProcess(name, proc, address, log_path)

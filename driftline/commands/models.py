@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from driftline.core.features import FeatureView
@@ -41,6 +42,62 @@ def _show(version) -> dict:
     return dataclasses.asdict(version)
 
 
+def _controller_jobs(settings: Settings) -> dict[str, dict]:
+    """The retrain controller's job records (for the drift events behind each job)."""
+    try:
+        state = json.loads((settings.data_dir / "retrain" / "controller.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return state.get("jobs", {})
+
+
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def lineage_lines(registry: ModelRegistry, name: str, version: int,
+                  jobs: dict[str, dict] | None = None) -> list[str]:
+    """A version's lineage, newest first, back to a version trained from scratch: the job and
+    the drift events that started it, its training data, its gates and its stage history."""
+    lines: list[str] = []
+    current: int | None = version
+    while current is not None:
+        v = registry.get(name, current)
+        lineage = registry.lineage(name, current) or {}
+        indent = "  " if lines else ""
+        trainer = lineage.get("trainer") or v.tags.get("trainer", "?")
+        lines.append(f"{indent}{name} v{current} ({v.stage}), created {_when(v.created_at_ms)}, "
+                     f"trainer {trainer}")
+        job_id = lineage.get("job_id") or v.tags.get("job_id")
+        if job_id:
+            job = (jobs or {}).get(job_id, {})
+            lines.append(f"{indent}  job {job_id} (attempt {lineage.get('attempt', '?')})"
+                         + (f": {job['reason']}" if job.get("reason") else ""))
+            events = {e["drift_id"]: e for e in job.get("drift_events", [])}
+            for drift_id in lineage.get("drift_ids") or []:
+                e = events.get(drift_id)
+                what = "" if e is None else (
+                    f": {e['detector']} on {e['kind']} {e['subject']} of v{e['model_version']}, "
+                    f"{e['statistic']:.4g} vs {e['threshold']:.4g}, detected at "
+                    f"{_when(e['detected_at'])}")
+                lines.append(f"{indent}  triggered by drift event {drift_id}{what}")
+        first, last = v.training_range
+        rows = lineage.get("rows") or {}
+        lines.append(f"{indent}  training data: events {_when(first)} .. {_when(last)}"
+                     + (f", {rows.get('train')} rows, {rows.get('holdout')} held out"
+                        if rows else ""))
+        for gate in (lineage.get("gates") or {}).get("gates", []):
+            lines.append(f"{indent}  gate {gate['summary']}")
+        for t in registry.history(name):
+            if t.version == current:
+                lines.append(f"{indent}  {_when(t.at_ms)} {t.from_stage} -> {t.to_stage}: "
+                             f"{t.reason}")
+        current = v.parent
+    return lines
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     registry = ModelRegistry(settings.data_dir / "registry")
     action = args.action
@@ -55,9 +112,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if action == "show":
         versions = [registry.get(args.name, args.version)] if args.version else \
             registry.versions(args.name)
-        print(json.dumps({"versions": [_show(v) for v in versions],
-                          "history": [dataclasses.asdict(t) for t in registry.history(args.name)]},
-                         indent=2))
+        if args.json:
+            print(json.dumps({
+                "versions": [dict(_show(v), lineage=registry.lineage(v.name, v.version))
+                             for v in versions],
+                "history": [dataclasses.asdict(t) for t in registry.history(args.name)]},
+                indent=2))
+            return 0
+        jobs = _controller_jobs(settings)
+        for version in reversed(versions):
+            for line in lineage_lines(registry, version.name, version.version, jobs):
+                print(line)
         return 0
     if action == "register":
         view = resolve_view(settings, args.view)
@@ -103,9 +168,10 @@ def add_parser(sub) -> None:
     actions = p.add_subparsers(dest="action", required=True)
     a = actions.add_parser("list")
     a.add_argument("--json", action="store_true")
-    a = actions.add_parser("show")
+    a = actions.add_parser("show", help="a model's versions with their lineage")
     a.add_argument("name")
     a.add_argument("version", type=int, nargs="?")
+    a.add_argument("--json", action="store_true")
     a = actions.add_parser("register")
     a.add_argument("name")
     a.add_argument("--onnx", required=True, help="path of the model.onnx to register")

@@ -91,7 +91,7 @@ class Transition:
 
     def to_model_event(self) -> dict[str, Any]:
         """The ``driftline.ModelEvent`` record of this transition alone."""
-        return {"model_name": self.model_name, "version": self.version,
+        return {"event": "transition", "model_name": self.model_name, "version": self.version,
                 "from_stage": self.from_stage, "to_stage": self.to_stage,
                 "at": self.at_ms, "reason": self.reason}
 

@@ -176,9 +176,9 @@ def test_history_records_every_transition(reg: ModelRegistry):
     lines = (reg.root / "fraud" / "history.jsonl").read_text().splitlines()
     assert len(lines) == 5 and json.loads(lines[2])["to_stage"] == "Production"
     assert [e.to_model_event() for e in t.events()] == [
-        {"model_name": "fraud", "version": 2, "from_stage": "None", "to_stage": "Production",
-         "at": 30, "reason": "newer"},
-        {"model_name": "fraud", "version": 1, "from_stage": "Production",
+        {"event": "transition", "model_name": "fraud", "version": 2, "from_stage": "None",
+         "to_stage": "Production", "at": 30, "reason": "newer"},
+        {"event": "transition", "model_name": "fraud", "version": 1, "from_stage": "Production",
          "to_stage": "Archived", "at": 30, "reason": "replaced by v2: newer"},
     ]
 

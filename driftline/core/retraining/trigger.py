@@ -120,6 +120,15 @@ class RetrainTrigger:
         return Decision(True, name, f"drift event {signal.drift_id} starts a job for {name}",
                         (signal.drift_id,))
 
+    def start_by_hand(self, model_name: str) -> bool:
+        """A job started by hand (``driftline retrain``): False while one already runs; drift
+        events arriving meanwhile join it. The cooldown does not apply to a person's request."""
+        model = self.models.setdefault(model_name, _Model())
+        if model.running is not None:
+            return False
+        model.running = []
+        return True
+
     def job_ended(self, model_name: str, now_ms: int) -> tuple[str, ...]:
         """The model's job ended (promoted, rejected or failed): its cooldown starts. Returns
         the drift ids the job answered."""
