@@ -195,7 +195,9 @@ class MonitorStage:
     def _archive(self, p: int, outcomes: OutcomeBatch, batches: Sequence[MessageBatch],
                  epoch: int) -> list:
         """Outcome files of partition p, named by the labels' consumed offsets if this batch
-        had labels of p, else by the predictions' (see :class:`AllPending`)."""
+        had labels of p, else by the predictions' (see :class:`AllPending`). A row per
+        outcome: its columns (the prediction's rollout ``arm`` and ``latency_ms`` among them),
+        its label delay and partition, a column per slice and one per input."""
         if not len(outcomes):
             return []
         by_topic = {b.topic: b for b in batches if b.partition == p}
@@ -206,6 +208,7 @@ class MonitorStage:
             "label_time": outcomes.label_time_ms, "label_delay_ms": outcomes.label_delay_ms,
             "score": outcomes.score, "decision": outcomes.decision, "label": outcomes.label,
             "model_name": outcomes.model_name.tolist(), "model_version": outcomes.model_version,
+            "arm": outcomes.arm.tolist(), "latency_ms": outcomes.latency_ms,
             "partition": np.full(len(outcomes), p, dtype=np.int32),
         }
         for s in self.slice_names:

@@ -100,7 +100,8 @@ class Settings:
     controller_port: int = _setting(
         "DRIFTLINE_CONTROLLER_PORT", 6068, "retrain controller HTTP port")
     group_controller: str = _setting(
-        "DRIFTLINE_GROUP_CONTROLLER", "driftline-retrain", "consumer group of the retrain controller")
+        "DRIFTLINE_GROUP_CONTROLLER", "driftline-retrain",
+        "consumer group of the retrain controller")
     retraining_config: Path | None = _setting(
         "DRIFTLINE_RETRAINING_CONFIG", None,
         "YAML of per-model retraining and rollout policies; unset = the defaults")

@@ -112,6 +112,15 @@ def build_model(seed: int) -> Pipeline:
     ])
 
 
+def fit_gradient_boosting(X: np.ndarray, y: np.ndarray, seed: int) -> Pipeline:
+    """The retraining job's default trainer (``DEFAULT_TRAINER``): `build_model` fit on X, y.
+
+    A trainer is any ``module:function`` with this signature (X float64 in view order, NaN where
+    undefined; y 0/1; a seed) returning a fitted model with ``predict_proba``, which the job
+    exports with `to_onnx`; see ``driftline.commands.retrain_job`` for the full contract."""
+    return build_model(seed).fit(X, y)
+
+
 def to_onnx(model: Pipeline, n_features: int) -> bytes:
     onx = convert_sklearn(
         model,

@@ -64,7 +64,8 @@ def stream(registry_root, seed: int = 5) -> tuple[list[dict], list[dict]]:
             "view_version": VIEW.version,
             "slices": {s: str(data.slices[s][slice_rows[i]]) for s in VIEW.slices},
             "inputs": {n: None if np.isnan(v) else float(v)
-                       for n, v in zip(VIEW.feature_names, X[i], strict=True)}})
+                       for n, v in zip(VIEW.feature_names, X[i], strict=True)},
+            "arm": "production", "latency_ms": 0.25 * (i % 8)})
         labels.append({"event_id": f"ev-{i}", "entity_id": entity,
                        "label": int(data.y[rows[i]]), "label_time": t + 300_000})
     return predictions, labels
@@ -111,6 +112,10 @@ def check_outcomes(settings, labels: list[dict]) -> None:
     assert row["label"] == label["label"] and row["label_time"] == label["label_time"]
     assert row["label_delay_ms"] == 300_000 and row["model_version"] == 1
     assert set(VIEW.feature_names) <= set(table.columns) and "segment" in table.columns
+    # Each outcome carries its prediction's arm and latency (the stream's: 0.25 * (i % 8)).
+    assert set(table["arm"]) == {"production"}
+    number = table["event_id"].str.removeprefix("ev-").astype(int)
+    assert (table["latency_ms"] == 0.25 * (number % 8)).all()
 
 
 def test_a_shift_in_one_input_raises_one_drift_event_naming_it(monitor_settings, tmp_path):

@@ -12,7 +12,8 @@ def test_defaults_are_production():
     assert s.topics == {
         "events": "driftline.events", "features": "driftline.features",
         "predictions": "driftline.predictions", "labels": "driftline.labels",
-        "drift": "driftline.drift", "models": "driftline.models", "dlq": "driftline.dlq"}
+        "drift": "driftline.drift", "models": "driftline.models", "dlq": "driftline.dlq",
+        "shadow": "driftline.shadow"}
     assert s.partitions == 6
 
 

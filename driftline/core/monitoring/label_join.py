@@ -23,7 +23,8 @@ event times in integer ms and ``H`` is the horizon (default 7 days):
   prediction are counted (``predictions_expired``, ``labels_expired``) and forgotten; label
   coverage is ``joined / (joined + predictions_expired)``.
 * **Outcomes** of a batch are ordered by ``(label_time, event_id)``; their label delay is
-  ``label_time - event_time``.
+  ``label_time - event_time``. Each carries its prediction's columns, including the rollout
+  ``arm`` that scored it and the model call's ``latency_ms``.
 
 Event ids are identified inside the state by a 128-bit fingerprint (two 64-bit polynomial
 hashes); distinct ids that collide in both would be treated as one. The result of a join does
@@ -40,6 +41,8 @@ arrives after the watermark, driven by other records, has passed the earlier hal
 >>> result = join.process(preds, labels)
 >>> result.outcomes.label_delay_ms.tolist(), result.counts.joined
 ([60000], 1)
+>>> result.outcomes.arm.tolist(), result.outcomes.latency_ms.tolist()  # the schema's defaults
+(['production'], [0.0])
 """
 
 from __future__ import annotations
@@ -51,10 +54,15 @@ from typing import Any
 import numpy as np
 
 from driftline.core.monitoring.id_index import IdIndex, fingerprint
+from driftline.core.rollout import PRODUCTION
 
 DEFAULT_HORIZON_MS = 7 * 24 * 3600 * 1000
 NO_TIME = -(2**62)  # "no record yet"; far from int64 min so subtracting a horizon cannot wrap
-STATE_FORMAT = 1  # bump when the snapshot layout or the fingerprint changes
+STATE_FORMAT = 2  # bump when the snapshot layout or the fingerprint changes
+# Why the state of an earlier format cannot be restored, for the error that refuses it.
+_FORMAT_CHANGES = {1: "format 1 did not keep the waiting predictions' arm and latency_ms"}
+DEFAULT_ARM = PRODUCTION  # the Prediction schema's defaults for records written without them
+DEFAULT_LATENCY_MS = 0.0
 
 
 # ---------------------------------------------------------------- batches in and out
@@ -62,7 +70,11 @@ STATE_FORMAT = 1  # bump when the snapshot layout or the fingerprint changes
 
 @dataclass(frozen=True)
 class PredictionBatch:
-    """Columnar predictions of one partition in arrival order (schemas/Prediction.avsc)."""
+    """Columnar predictions of one partition in arrival order (schemas/Prediction.avsc).
+
+    `arm` and `latency_ms` may be left out (None): every row then gets the schema's default,
+    ``"production"`` and ``0.0``. Once built, both are arrays.
+    """
 
     event_id: np.ndarray  # str
     event_time_ms: np.ndarray  # int64
@@ -72,6 +84,11 @@ class PredictionBatch:
     model_version: np.ndarray  # int64
     slices: Mapping[str, np.ndarray]  # str column per slice name
     inputs: np.ndarray  # float64 (n, n_inputs), NaN where the input was null or absent
+    arm: np.ndarray | None = None  # str: the rollout arm that scored it (production, ...)
+    latency_ms: np.ndarray | None = None  # float64: model-call wall time of its scoring batch
+
+    def __post_init__(self) -> None:
+        _fill_rollout_defaults(self)
 
     def __len__(self) -> int:
         return len(self.event_id)
@@ -83,7 +100,8 @@ class PredictionBatch:
         input_names: Sequence[str] = (),
         slice_names: Sequence[str] = (),
     ) -> PredictionBatch:
-        """Build from decoded Prediction dicts; inputs in `input_names` order, slices by name."""
+        """Build from decoded Prediction dicts; inputs in `input_names` order, slices by name,
+        and the schema's defaults for an absent ``arm`` or ``latency_ms`` (older records)."""
         inputs = np.full((len(records), len(input_names)), np.nan)
         for i, record in enumerate(records):
             values = record.get("inputs") or {}
@@ -103,6 +121,9 @@ class PredictionBatch:
                 for s in slice_names
             },
             inputs=inputs,
+            arm=_str([r.get("arm", DEFAULT_ARM) for r in records]),
+            latency_ms=np.asarray([r.get("latency_ms", DEFAULT_LATENCY_MS) for r in records],
+                                  dtype=np.float64),
         )
 
 
@@ -129,7 +150,11 @@ class LabelBatch:
 
 @dataclass(frozen=True)
 class OutcomeBatch:
-    """Joined (prediction, label) pairs, ordered by (label_time, event_id)."""
+    """Joined (prediction, label) pairs, ordered by (label_time, event_id).
+
+    `arm` and `latency_ms` are the prediction's; left out (None), they are the schema's
+    defaults, as in `PredictionBatch`.
+    """
 
     event_id: np.ndarray  # str
     event_time_ms: np.ndarray  # int64, the prediction's event time
@@ -141,6 +166,11 @@ class OutcomeBatch:
     model_version: np.ndarray  # int64
     slices: Mapping[str, np.ndarray]
     inputs: np.ndarray  # float64 (n, n_inputs)
+    arm: np.ndarray | None = None  # str, the prediction's rollout arm
+    latency_ms: np.ndarray | None = None  # float64, the prediction's model-call time
+
+    def __post_init__(self) -> None:
+        _fill_rollout_defaults(self)
 
     def __len__(self) -> int:
         return len(self.event_id)
@@ -321,6 +351,8 @@ class LabelJoin:
                 "decision": (np.dtype(bool), ()),
                 "model_name": (u, ()),
                 "model_version": (i8, ()),
+                "arm": (u, ()),
+                "latency_ms": (f8, ()),
                 "inputs": (f8, (len(self.input_names),)),
                 **{f"slice.{s}": (u, ()) for s in self.slice_names},
             }
@@ -543,6 +575,8 @@ class LabelJoin:
             "decision": np.asarray(batch.decision, dtype=bool),
             "model_name": np.asarray(batch.model_name, dtype=str),
             "model_version": np.asarray(batch.model_version, dtype=np.int64),
+            "arm": np.asarray(batch.arm, dtype=str),
+            "latency_ms": np.asarray(batch.latency_ms, dtype=np.float64),
             "inputs": inputs,
         }
         for s in self.slice_names:
@@ -565,6 +599,8 @@ class LabelJoin:
             model_version=pred["model_version"][order],
             slices={s: pred[f"slice.{s}"][order] for s in self.slice_names},
             inputs=pred["inputs"][order],
+            arm=pred["arm"][order],
+            latency_ms=pred["latency_ms"][order],
         )
 
     def _header(self, snapshot: bool = False) -> dict[str, np.ndarray]:
@@ -581,9 +617,11 @@ class LabelJoin:
         }
 
     def _apply(self, piece: Mapping[str, np.ndarray]) -> None:
-        if int(piece["format"][0]) != STATE_FORMAT:
-            raise ValueError(f"label-join state format {int(piece['format'][0])} is not "
-                             f"{STATE_FORMAT}; it cannot be restored by this version")
+        found = int(piece["format"][0])
+        if found != STATE_FORMAT:
+            why = f" ({_FORMAT_CHANGES[found]})" if found in _FORMAT_CHANGES else ""
+            raise ValueError(f"label-join state format {found} is not {STATE_FORMAT}; it "
+                             f"cannot be restored by this version{why}")
         stored = (tuple(piece["input_names"].tolist()), tuple(piece["slice_names"].tolist()),
                   int(piece["horizon_ms"][0]))
         if stored != (self.input_names, self.slice_names, self.horizon_ms):
@@ -677,3 +715,12 @@ def _concat_columns(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.n
 
 def _str(values: Any) -> np.ndarray:
     return np.asarray(values, dtype=str)
+
+
+def _fill_rollout_defaults(batch: PredictionBatch | OutcomeBatch) -> None:
+    """Give a batch built without `arm` or `latency_ms` the schema's default in every row."""
+    n = len(batch.event_id)
+    if batch.arm is None:
+        object.__setattr__(batch, "arm", np.full(n, DEFAULT_ARM))
+    if batch.latency_ms is None:
+        object.__setattr__(batch, "latency_ms", np.full(n, DEFAULT_LATENCY_MS))

@@ -44,6 +44,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "view_version": "3",
         "slices": {"segment": "student"},
         "inputs": {"amount": 42.5, "amount_sum_1h": None},
+        "arm": "candidate",
+        "latency_ms": 1.25,
     },
     "driftline.DriftEvent": {
         "detector": "psi",
@@ -59,12 +61,19 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "details": {"bins": "10"},
     },
     "driftline.ModelEvent": {
+        "event": "promoted",
         "model_name": "fraud",
         "version": 5,
         "from_stage": "Staging",
         "to_stage": "Production",
         "at": T0,
         "reason": "retrained after drift",
+        "job_id": "fraud-1700000000000-a1b2c3",
+        "drift_ids": ["d-1", "d-2"],
+        "parent_version": 4,
+        "training_range_start": T0 - 3_600_000,
+        "training_range_end": T0,
+        "details": {"share": "1"},
     },
     "driftline.DeadLetter": {
         "source_topic": "driftline.events",

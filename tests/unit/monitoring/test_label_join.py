@@ -16,6 +16,7 @@ from driftline.core.monitoring.label_join import (
     LabelJoin,
     OutcomeBatch,
     PredictionBatch,
+    rows_by_model,
 )
 from driftline.core.state import MemoryStateBackend, PartitionState
 
@@ -104,9 +105,11 @@ def make_stream(seed: int, n: int = 3_000, horizon: int = H) -> list[tuple[list,
     labels no prediction; predictions and labels are re-sent (at once, after the join, after the
     horizon); some labels that cannot join are corrected by a later one that can; the two topics
     lag each other by random amounts, so labels often arrive first; and the
-    topics are cut into batches at random processing times.
+    topics are cut into batches at random processing times. Predictions name their rollout arm
+    and latency, except 10% that leave both out (written before the schema had them).
     """
     rng = np.random.default_rng(seed)
+    rollout = np.random.default_rng([seed, 1])  # its own draws: the streams stay as they were
     t0 = 1_700_000_000_000
     event_time = t0 + np.cumsum(rng.integers(0, 100, n))
     kind = rng.choice(7, n, p=[0.4, 0.2, 0.1, 0.1, 0.1, 0.05, 0.05])
@@ -131,6 +134,9 @@ def make_stream(seed: int, n: int = 3_000, horizon: int = H) -> list[tuple[list,
             "inputs": {"amount": float(rng.lognormal(3, 1)),
                        "hour": None if rng.random() < 0.1 else float(rng.integers(24))},
         }
+        if rollout.random() < 0.9:
+            pred["arm"] = str(rollout.choice(["production", "candidate"], p=[0.8, 0.2]))
+            pred["latency_ms"] = float(rollout.gamma(2.0, 3.0))
         preds.append((e + rng.integers(0, 2_000), pred))
         if rng.random() < 0.05:  # a re-send, maybe much later than the original
             resend = e + int(rng.choice([1_000, horizon // 2, 3 * horizon]))
@@ -183,7 +189,8 @@ def outcome_rows(batch: OutcomeBatch) -> list[tuple]:
             str(batch.event_id[k]), int(batch.event_time_ms[k]), int(batch.label_time_ms[k]),
             float(batch.score[k]), bool(batch.decision[k]), int(batch.label[k]),
             str(batch.model_name[k]), int(batch.model_version[k]),
-            str(batch.slices["segment"][k]), inputs,
+            str(batch.slices["segment"][k]), inputs, str(batch.arm[k]),
+            float(batch.latency_ms[k]),
         ))
     return rows
 
@@ -192,7 +199,8 @@ def oracle_rows(outcomes: list[dict]) -> list[tuple]:
     return [
         (o["event_id"], o["event_time"], o["label_time"], o["score"], o["decision"], o["label"],
          o["model_name"], o["model_version"], o["slices"]["segment"],
-         tuple(o["inputs"].get(n) for n in INPUTS))
+         tuple(o["inputs"].get(n) for n in INPUTS), o.get("arm", "production"),
+         o.get("latency_ms", 0.0))
         for o in outcomes
     ]
 
@@ -203,11 +211,12 @@ def oracle_rows(outcomes: list[dict]) -> list[tuple]:
 @pytest.mark.parametrize("seed", range(4))
 def test_matches_the_oracle_batch_by_batch(seed):
     join, oracle = LabelJoin(INPUTS, SLICES, horizon_ms=H), Oracle(H)
-    totals = JoinCounts()
+    totals, seen_arms = JoinCounts(), set()
     for preds, labels in make_stream(seed):
         result = join.process(*to_batches(preds, labels))
         expected, counts = oracle.process(preds, labels)
         assert outcome_rows(result.outcomes) == oracle_rows(expected)
+        seen_arms.update(result.outcomes.arm.tolist())
         assert result.counts == counts
         assert result.watermark_ms == oracle.watermark
         totals = totals + counts
@@ -217,6 +226,7 @@ def test_matches_the_oracle_batch_by_batch(seed):
     assert join.state_rows["predictions"] == len(oracle.pending)
     assert join.state_rows["labels"] == len(oracle.early)
     assert 0.5 < totals.coverage < 1, totals
+    assert {"production", "candidate"} <= seen_arms
 
 
 def test_a_label_exactly_one_horizon_late_joins_and_one_ms_more_does_not():
@@ -272,6 +282,43 @@ def test_negative_delay_and_outcome_columns():
     assert o.inputs[0, 0] == 3.5 and math.isnan(o.inputs[0, 1])
     assert (o.score.tolist(), o.decision.tolist(), o.label.tolist()) == ([0.25], [False], [1])
     assert (o.model_name.tolist(), o.model_version.tolist()) == (["m"], [1])
+    # A record without arm and latency_ms (written before the schema had them): the defaults.
+    assert (o.arm.tolist(), o.latency_ms.tolist()) == (["production"], [0.0])
+    assert o.latency_ms.dtype == np.float64
+
+
+def test_arm_and_latency_ride_with_their_prediction_whichever_half_comes_first():
+    join = LabelJoin(horizon_ms=H)
+    first = join.process(PredictionBatch.from_records([_pred("p-first", 1_000, "candidate", 8.5),
+                                                       _pred("same-batch", 1_000, "shadow", 2.0)]),
+                         _labels(("l-first", 1_500), ("same-batch", 1_200)))
+    assert _arm_latency(first.outcomes) == [("same-batch", "shadow", 2.0)]
+    second = join.process(PredictionBatch.from_records([_pred("l-first", 1_400, "candidate", 3.25),
+                                                        _pred("unlabelled", 1_400)]),
+                          _labels(("p-first", 2_000)))
+    assert _arm_latency(second.outcomes) == [("l-first", "candidate", 3.25),
+                                             ("p-first", "candidate", 8.5)]
+    # A re-sent prediction is a duplicate: the first one's arm and latency are kept.
+    join.process(PredictionBatch.from_records([_pred("unlabelled", 1_400, "candidate", 99.0)]),
+                 _labels())
+    third = join.process(_preds(), _labels(("unlabelled", 3_000)))
+    assert _arm_latency(third.outcomes) == [("unlabelled", "production", 0.0)]
+
+
+@pytest.mark.parametrize("through", ["snapshot", "deltas"])
+def test_a_restored_join_keeps_the_arm_and_latency_of_waiting_predictions(through):
+    live = LabelJoin(INPUTS, SLICES, horizon_ms=H)
+    log = []
+    for preds in ([_pred("a", 1_000, "candidate", 12.5)], [_pred("b", 1_100)]):
+        log.append(live.process(PredictionBatch.from_records(preds, INPUTS, SLICES),
+                                _labels()).state_delta)
+    log = [live.snapshot()] if through == "snapshot" else log
+    restored = LabelJoin.restore([_savez_roundtrip(piece) for piece in log], INPUTS, SLICES,
+                                 horizon_ms=H)
+    for join in (live, restored):
+        result = join.process(_preds(INPUTS, SLICES), _labels(("a", 2_000), ("b", 2_000)))
+        assert _arm_latency(result.outcomes) == [("a", "candidate", 12.5),
+                                                 ("b", "production", 0.0)]
 
 
 def test_outcomes_are_ordered_by_label_time_then_event_id():
@@ -377,7 +424,41 @@ def test_restore_refuses_state_of_another_shape():
         LabelJoin.restore([join.snapshot()], INPUTS, SLICES, horizon_ms=2 * H)
 
 
+def test_restore_refuses_state_of_format_1_which_kept_no_arm_or_latency():
+    join = LabelJoin(INPUTS, SLICES, horizon_ms=H)
+    join.process(PredictionBatch.from_records([_pred("a", 1_000)], INPUTS, SLICES), _labels())
+    old = {k: v for k, v in join.snapshot().items()
+           if k not in ("predictions.arm", "predictions.latency_ms")}
+    old["format"] = np.array([1], dtype=np.int64)
+    with pytest.raises(ValueError, match=r"format 1 is not 2; .*arm and latency_ms"):
+        LabelJoin.restore([old], INPUTS, SLICES, horizon_ms=H)
+
+
 # ---------------------------------------------------------------- building blocks
+
+
+def test_batches_built_without_arm_and_latency_get_the_defaults_and_take_concat_keep_them():
+    n = 4
+    ids, t = np.array(["a", "b", "c", "d"]), np.arange(n, dtype=np.int64)
+    names, versions = np.array(["m", "m", "m", "n"]), np.array([1, 2, 1, 1], dtype=np.int64)
+    score, decision, label = np.full(n, 0.5), np.ones(n, bool), np.ones(n, np.int64)
+    p = PredictionBatch(ids, t, score, decision, names, versions, {}, np.zeros((n, 0)))
+    o = OutcomeBatch(ids, t, t + 1, score, decision, label, names, versions, {},
+                     np.zeros((n, 0)))
+    for batch in (p, o):
+        assert batch.arm.tolist() == ["production"] * n
+        assert batch.latency_ms.tolist() == [0.0] * n
+    o = OutcomeBatch(ids, t, t + 1, score, decision, label, names, versions, {},
+                     np.zeros((n, 0)), arm=np.array(["production", "candidate", "production",
+                                                     "shadow"]), latency_ms=t * 1.5)
+    both = OutcomeBatch.concat([o.take(slice(2, None)), o.take(np.array([1, 0, 0, 0]) == 1),
+                                o.take(np.array([1]))])
+    assert both.arm.tolist() == ["production", "shadow", "production", "candidate"]
+    assert both.latency_ms.tolist() == [3.0, 4.5, 0.0, 1.5]
+    groups = {key: (o.arm[rows].tolist(), o.latency_ms[rows].tolist())
+              for key, rows in rows_by_model(o.model_name, o.model_version)}
+    assert groups == {("m", 1): (["production", "production"], [0.0, 3.0]),
+                      ("m", 2): (["candidate"], [1.5]), ("n", 1): (["shadow"], [4.5])}
 
 
 def test_fingerprint_ignores_array_width_and_separates_ids():
@@ -410,13 +491,26 @@ def test_id_index_against_a_dict():
 # ---------------------------------------------------------------- helpers
 
 
-def _pred(event_id: str, event_time: int) -> dict:
-    return {"event_id": event_id, "event_time": event_time, "score": 0.5, "decision": True,
-            "model_name": "m", "model_version": 1}
+def _pred(event_id: str, event_time: int, arm: str | None = None,
+          latency_ms: float | None = None) -> dict:
+    """A Prediction dict; without `arm` and `latency_ms` unless given, like an older record."""
+    record = {"event_id": event_id, "event_time": event_time, "score": 0.5, "decision": True,
+              "model_name": "m", "model_version": 1}
+    if arm is not None:
+        record["arm"] = arm
+    if latency_ms is not None:
+        record["latency_ms"] = latency_ms
+    return record
 
 
-def _preds() -> PredictionBatch:
-    return PredictionBatch.from_records([])
+def _preds(input_names: tuple[str, ...] = (), slice_names: tuple[str, ...] = ()
+           ) -> PredictionBatch:
+    return PredictionBatch.from_records([], input_names, slice_names)
+
+
+def _arm_latency(outcomes: OutcomeBatch) -> list[tuple[str, str, float]]:
+    return list(zip(outcomes.event_id.tolist(), outcomes.arm.tolist(),
+                    outcomes.latency_ms.tolist(), strict=True))
 
 
 def _labels(*pairs: tuple[str, int]) -> LabelBatch:
