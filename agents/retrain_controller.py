@@ -446,6 +446,14 @@ class RetrainController:
     def _advance_rollouts(self) -> bool:
         changed = False
         for model, rollout in list(self.rollouts.items()):
+            stage = self.registry.get(model, rollout.state.candidate_version).stage
+            if stage != STAGING:  # promoted or archived by hand (an A/B test ends so)
+                self.registry.set_serving_plan(model, None)
+                self._decided(f"{model} v{rollout.state.candidate_version} rollout ended by "
+                              f"hand: now {stage}")
+                self._end_rollout(model)
+                changed = True
+                continue
             files = [p for p in self._outcome_files() if str(p) not in rollout.seen]
             for path in files:
                 rollout.seen.add(str(path))

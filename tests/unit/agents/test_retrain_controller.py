@@ -344,3 +344,19 @@ def test_canary_routing_is_by_entity_hash(env):
     ids = [f"card-{i}" for i in range(1000)]
     np.testing.assert_array_equal(plan.to_candidate(ids), bucket(ids) < 0.2)
     assert env["registry"].get("fraud", 1).stage == PRODUCTION
+
+
+def test_an_ab_test_reports_and_ends_when_a_person_decides(env):
+    policy = {"kind": "ab", "split": 0.5, "min_outcomes": 200, "step_after_outcomes": 300}
+    controller = start_rollout(env, policy)
+    outcome_file(env["root"], 400, 1, 0.05, seq=1)
+    outcome_file(env["root"], 400, 2, 0.05, seq=2)
+    controller.tick()
+    report = next(r for r in env["publisher"].records if r.get("event") == "ab_report")
+    assert report["details"]["candidate_outcomes"] == "400"
+    assert float(report["details"]["interval_low"]) < 0 < float(report["details"]["interval_high"])
+    assert env["registry"].production("fraud").version == 1  # never promoted automatically
+    env["registry"].promote("fraud", 2, at_ms=9, reason="by hand", current_views=VIEWS)
+    controller.tick()
+    assert not controller.rollouts and env["registry"].serving_plan("fraud") is None
+    assert "ended by hand" in controller.decisions[-1]
