@@ -9,6 +9,11 @@ Request bodies (the limits are documented in :mod:`driftline.serving.openapi`): 
 application/json`` in UTF-8 (else 415), at most ``MAX_BODY_BYTES`` (else 413), nested at most
 ``MAX_JSON_DEPTH`` levels (else 400: checked by a linear scan before the body is parsed, so a body
 nested 50,000 levels deep never reaches the recursive parser), a JSON object (else 400).
+
+While a canary or A/B rollout runs, ``POST /predict`` with an ``entity_id`` is answered by the
+version the stream scorer uses for that entity (the same hash of the id), named with its
+``arm``; explicit ``features`` have no entity and are answered by Production, as is everything
+under a shadow rollout (shadow predictions are the stream scorer's alone).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from aiohttp import hdrs, web
 
 from driftline.adapters.metrics import ONLINE_REQUESTS, ONLINE_SECONDS, exposition
 from driftline.core.online import OnlineReader, OnlineRow, StoreUnavailable
-from driftline.serving.models import ModelHolder, ModelUnavailable
+from driftline.core.rollout import PRODUCTION
+from driftline.serving.models import ModelHolder, ModelUnavailable, Serving
 from driftline.serving.openapi import MAX_BODY_BYTES, MAX_JSON_DEPTH, openapi_document
 
 log = logging.getLogger(__name__)
@@ -95,11 +101,15 @@ class ScorerApi:
 
     # -- endpoints ---------------------------------------------------------------------------
     async def health(self, request: web.Request) -> web.Response:
-        model = self.holder.current
+        try:
+            serving: Serving | None = self.holder.serving()
+        except ModelUnavailable:
+            serving = None
         stream = self.stream_health()
         body = {
-            "status": "ok" if model is not None and stream["status"] == "ok" else "failing",
-            "model": None if model is None else _describe(model),
+            "status": "ok" if serving is not None and stream["status"] == "ok" else "failing",
+            "model": None if serving is None else _describe(serving.production),
+            "rollout": None if serving is None else serving.describe_plan(),
             "model_error": self.holder.last_error,
             "stream": stream,
         }
@@ -117,12 +127,15 @@ class ScorerApi:
                 raise ApiError(400, "ambiguous body: it has both 'entity_id' and 'features'; "
                                     "send exactly one ('entity_id': features read from the "
                                     "online store, 'features': scored as given)")
-            model = self._model()
+            serving = self._serving()  # once: one consistent Production and plan
+            model, arm = serving.production, PRODUCTION
             if "features" in body:
                 values = _explicit_features(body["features"], model.inputs)
                 source: dict[str, Any] = {"source": "request"}
             elif "entity_id" in body:
-                values, source = await self._online_features(body["entity_id"], model)
+                entity_id = _entity_id(body["entity_id"])
+                model, arm = serving.for_entity(entity_id)
+                values, source = await self._online_features(entity_id, model)
             else:
                 raise ApiError(422, "body needs either 'entity_id' (a string) or 'features' "
                                     "(an object of feature name -> number or null)")
@@ -138,6 +151,7 @@ class ScorerApi:
             "decision": score >= model.threshold,
             "threshold": model.threshold,
             **_describe(model),
+            "arm": arm,
             **source,
             "latency_ms": round(elapsed * 1000, 3),
         })
@@ -185,20 +199,17 @@ class ScorerApi:
         return web.json_response(openapi_document(None if model is None else model.inputs))
 
     # -- helpers -----------------------------------------------------------------------------
-    def _model(self):
+    def _serving(self) -> Serving:
         try:
-            return self.holder.get()
+            return self.holder.serving()
         except ModelUnavailable as exc:
             raise ApiError(503, f"no model to score with: {exc}") from exc
 
+    def _model(self):
+        return self._serving().production
+
     async def _read(self, view: str, entity_id: str) -> OnlineRow:
-        if not isinstance(entity_id, str) or not entity_id:
-            raise ApiError(422, "'entity_id' must be a non-empty string")
-        try:
-            entity_id.encode("utf-8")  # the Redis key; JSON's "\ud800" decodes to a lone surrogate
-        except UnicodeEncodeError as exc:
-            raise ApiError(422, f"'entity_id' is not valid Unicode: {exc.reason} at character "
-                                f"{exc.start}") from exc
+        entity_id = _entity_id(entity_id)
         try:
             row = await self.online.read(view, entity_id)
         except StoreUnavailable as exc:
@@ -217,6 +228,18 @@ class ScorerApi:
         values = np.array([row.values.get(n, np.nan) for n in model.inputs], dtype=np.float64)
         return values, {"source": "online_store", "entity_id": entity_id,
                         "features_event_time": row.event_time_ms}
+
+
+def _entity_id(entity_id: Any) -> str:
+    """`entity_id` if it is a usable entity id (the Redis key, the rollout hash), else 422."""
+    if not isinstance(entity_id, str) or not entity_id:
+        raise ApiError(422, "'entity_id' must be a non-empty string")
+    try:
+        entity_id.encode("utf-8")  # the Redis key; JSON's "\ud800" decodes to a lone surrogate
+    except UnicodeEncodeError as exc:
+        raise ApiError(422, f"'entity_id' is not valid Unicode: {exc.reason} at character "
+                            f"{exc.start}") from exc
+    return entity_id
 
 
 async def _json_object(request: web.Request, *, required: bool) -> dict | None:

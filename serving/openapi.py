@@ -57,10 +57,14 @@ _VALUE = {"type": "number", "nullable": True}
 
 _PREDICTION = {
     "type": "object",
-    "required": ["score", "decision", "threshold", *_MODEL_PROPERTIES, "source", "latency_ms"],
+    "required": ["score", "decision", "threshold", *_MODEL_PROPERTIES, "arm", "source",
+                 "latency_ms"],
     "properties": {
         "score": {"type": "number"}, "decision": {"type": "boolean"},
         "threshold": {"type": "number"}, **_MODEL_PROPERTIES,
+        "arm": {"type": "string", "enum": ["production", "candidate"],
+                "description": "`candidate` when a canary or A/B rollout routes the entity to "
+                               "the candidate version (`model_version`), else `production`"},
         "source": {"type": "string", "enum": ["online_store", "request"],
                    "description": "where the features came from"},
         "entity_id": {"type": "string", "description": "with source `online_store`"},
@@ -68,11 +72,23 @@ _PREDICTION = {
                                 "description": "with source `online_store`: event time (ms) of "
                                                "the stored features"},
         "latency_ms": {"type": "number"}}}
+_ROLLOUT = {
+    "type": "object", "nullable": True,
+    "required": ["kind", "candidate_version", "share", "salt"],
+    "description": "The rollout served beside Production (null: Production alone)",
+    "properties": {
+        "kind": {"type": "string", "enum": ["shadow", "canary", "ab"]},
+        "candidate_version": {"type": "integer"},
+        "share": {"type": "number", "minimum": 0, "maximum": 1,
+                  "description": "entities whose hash bucket is below it go to the candidate "
+                                 "(shadow: the candidate scores all, publishes none)"},
+        "salt": {"type": "string"}}}
 _HEALTH = {
-    "type": "object", "required": ["status", "model", "model_error", "stream"],
+    "type": "object", "required": ["status", "model", "rollout", "model_error", "stream"],
     "properties": {
         "status": {"type": "string", "enum": ["ok", "failing"]},
         "model": _NULLABLE_MODEL,
+        "rollout": _ROLLOUT,
         "model_error": {"type": "string", "nullable": True},
         "stream": {"type": "object", "required": ["status"],
                    "properties": {"status": {"type": "string"}}}}}
@@ -109,13 +125,14 @@ def openapi_document(inputs: Sequence[str] | None = None) -> dict[str, Any]:
     return {
         "openapi": "3.0.3",
         "info": {"title": "Driftline scorer", "version": "1", "description": (
-            "Online scoring with the Production model; features from Redis or the request. "
+            "Online scoring with the Production model (or, during a canary or A/B rollout, "
+            "the version the entity is routed to); features from Redis or the request. "
             "Every refusal is a 4xx whose JSON body `{\"error\": ...}` names the problem; "
             "a 503 gives the reason (no model, Redis unreachable). " + _BODY_RULES)},
         "paths": {
             "/health": {"get": {
-                "summary": "Loaded model, model error if any, stream scorer state and "
-                           "consumer lag",
+                "summary": "Loaded Production model, the rollout beside it if any, model error "
+                           "if any, stream scorer state and consumer lag",
                 "responses": {"200": _json("serving", _HEALTH),
                               "503": _json("no model loaded or the stream loop failed",
                                            _HEALTH)}}},
@@ -124,7 +141,9 @@ def openapi_document(inputs: Sequence[str] | None = None) -> dict[str, Any]:
                 "description": (
                     "Send exactly one of `entity_id` (features read from the online store) or "
                     "`features` (scored as given). A body with both is ambiguous and refused "
-                    "with 400 naming both fields; neither is 422. " + _BODY_RULES),
+                    "with 400 naming both fields; neither is 422. During a canary or A/B rollout "
+                    "an entity is scored by the version the stream scorer uses for it (`arm`); "
+                    "explicit features by Production. " + _BODY_RULES),
                 "requestBody": {"required": True, "content": {"application/json": {
                     "schema": {"oneOf": [by_entity, by_features]}, "examples": examples}}},
                 "responses": {
@@ -155,6 +174,8 @@ def openapi_document(inputs: Sequence[str] | None = None) -> dict[str, Any]:
                 "summary": "Load the Production version (or `version`) beside the current one "
                            "and switch atomically",
                 "description": "No body, `{}` or `{\"version\": null}`: the Production version. "
+                               "The registry's serving plan (a rollout's candidate) is re-read "
+                               "too; a candidate that cannot load is left out, never a refusal. "
                                + _BODY_RULES,
                 "requestBody": {"required": False, "content": {"application/json": {"schema": {
                     "type": "object", "additionalProperties": False,

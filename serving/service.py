@@ -2,8 +2,9 @@
 
 Three parts share one :class:`ModelHolder`: the stream scorer (a :class:`BatchLoop` over the
 features topic, its own consumer group), a watcher of ``driftline.models`` that reloads on every
-Production transition of the served model (each scorer process watches with a group of its own,
-so every replica swaps), and the aiohttp API.
+event of the served model — a stage transition or a rollout step, which changes the registry's
+serving plan (each scorer process watches with a group of its own, so every replica swaps) —
+and the aiohttp API. A reload that changes nothing swaps nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from driftline.adapters.redis_online import AsyncRedisOnlineReader
 from driftline.core.codec.decoder import Decoder
 from driftline.core.codec.errors import DecodeError
 from driftline.core.codec.schema_set import SchemaSet
-from driftline.core.registry import PRODUCTION, ModelRegistry
+from driftline.core.registry import ModelRegistry
 from driftline.core.views import views_for
 from driftline.serving.api import ScorerApi
 from driftline.serving.models import ModelHolder, ModelUnavailable
@@ -33,7 +34,8 @@ log = logging.getLogger(__name__)
 
 
 class ModelWatcher:
-    """Reloads the holder when the served model gets a new Production version."""
+    """Reloads the holder on every ``driftline.ModelEvent`` of the served model: a new
+    Production version or a new serving plan (rollout started, stepped, ended)."""
 
     def __init__(self, settings: Settings, holder: ModelHolder, schemas: SchemaSet) -> None:
         self.settings = settings
@@ -50,14 +52,16 @@ class ModelWatcher:
         self._thread.join(10)
 
     def _reload(self) -> None:
-        before = self.holder.current
+        before = self.holder.swaps
         try:
-            model = self.holder.reload()
+            self.holder.reload()
         except ModelUnavailable as exc:
             log.warning("model reload refused: %s", exc)
             return
-        if model is not before:
-            MODEL_SWAPS.inc()
+        except Exception:  # noqa: BLE001 - e.g. an unreadable registry; keep watching
+            log.exception("model reload failed; the current model keeps serving")
+            return
+        MODEL_SWAPS.inc(self.holder.swaps - before)
 
     def _run(self) -> None:
         consumer = kafka.make_consumer(
@@ -75,8 +79,7 @@ class ModelWatcher:
                     except DecodeError as exc:
                         log.warning("ignoring undecodable model event: %s", exc)
                         continue
-                    if event["model_name"] == self.holder.name and \
-                            event["to_stage"] == PRODUCTION:
+                    if event["model_name"] == self.holder.name:
                         self._reload()
         finally:
             consumer.close()
@@ -94,7 +97,8 @@ def run_scorer(settings: Settings) -> int:
     producer = kafka.make_producer(settings)
     pipeline = ScoringPipeline(
         holder, Decoder("driftline.FeatureRecord", schemas), producer,
-        DeadLetterSink(producer, settings.topic_dlq, schemas), settings.topic_predictions)
+        DeadLetterSink(producer, settings.topic_dlq, schemas), settings.topic_predictions,
+        shadow_topic=settings.topic_shadow)
     loop = BatchLoop(lambda: kafka.make_consumer(settings, settings.group_scorer),
                      settings.topic_features, pipeline, settings.batch_size,
                      settings.batch_timeout_ms / 1000, max_backoff_s=5.0)

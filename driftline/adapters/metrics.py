@@ -83,8 +83,9 @@ EVENT_TO_STORE_SECONDS = BulkHistogram(
     "From the event's Kafka append time to its features being committed to Redis",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 PREDICTIONS = Counter(
-    "driftline_predictions_total", "Predictions produced, by model and version",
-    ["model", "version"])
+    "driftline_predictions_total", "Predictions produced, by model, version and rollout arm "
+    "(production, candidate; shadow: scored beside Production, published on the shadow topic "
+    "only)", ["model", "version", "arm"])
 ONLINE_REQUESTS = Counter(
     "driftline_online_requests_total", "Online /predict requests, by outcome status",
     ["status"])

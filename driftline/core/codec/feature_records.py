@@ -12,6 +12,7 @@ Avro binary, for reference: long = zig-zag varint; string = long length + UTF-8;
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -196,6 +197,29 @@ class FastBatch:
     values: list[bytes] = field(default_factory=list)  # the encoded values map
     matrix: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     others: list[int] = field(default_factory=list)  # left for the generic decoder
+    _entity_ids: list[str] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def entity_ids(self) -> list[str]:
+        """Each record's entity id (what a rollout routes by), read from its head once, on
+        first use: without a rollout nothing needs them."""
+        if self._entity_ids is None:
+            # The reader checked both strings (UTF-8, no NUL): one join and one decode.
+            keys = []
+            for head in self.heads:
+                _, id_end = _string_span(head, 0)
+                start, end = _string_span(head, id_end)
+                keys.append(head[start:end])
+            self._entity_ids = b"\x00".join(keys).decode().split("\x00") if keys else []
+        return self._entity_ids
+
+    def take(self, rows: Sequence[int] | np.ndarray) -> FastBatch:
+        """The records at `rows` (positions in this batch), e.g. one rollout arm's share;
+        ``others`` stays with the whole batch and is empty here."""
+        rows = [int(k) for k in rows]
+        return FastBatch(index=[self.index[k] for k in rows], heads=[self.heads[k] for k in rows],
+                         slices=[self.slices[k] for k in rows],
+                         values=[self.values[k] for k in rows], matrix=self.matrix[rows])
 
 
 class FeatureRecordReader:
@@ -233,13 +257,13 @@ class FeatureRecordReader:
                 if data[:10] != header:
                     raise ValueError
                 id_start, id_end = _string_span(data, 10)
-                key_start, pos = _string_span(data, id_end)
-                if not data[10:pos].isascii():  # all-ASCII bytes are valid UTF-8
+                key_start, key_end = _string_span(data, id_end)
+                if not data[10:key_end].isascii():  # all-ASCII bytes are valid UTF-8
                     data[id_start:id_end].decode()  # UnicodeDecodeError is a ValueError
-                    data[key_start:pos].decode()
-                if 0 in data[id_start:id_end] or 0 in data[key_start:pos]:
+                    data[key_start:key_end].decode()
+                if 0 in data[id_start:id_end] or 0 in data[key_start:key_end]:
                     raise ValueError  # a NUL: the validating decoder refuses and names it
-                _, pos = _read_varint(data, pos)
+                _, pos = _read_varint(data, key_end)
                 head_end = pos
                 if data[pos:pos + len(view_part)] != view_part:
                     raise ValueError
@@ -290,30 +314,41 @@ class PredictionWriter:
 
     A prediction repeats its record's identity, slices and inputs; those bytes are copied from
     the record rather than decoded and encoded again (the inputs map is the record's values
-    map, byte for byte, since the model's inputs are the view's features in view order).
+    map, byte for byte, since the model's inputs are the view's features in view order). The
+    rollout ``arm`` and the model call's ``latency_ms`` are the same for a whole `write`.
     """
 
     def __init__(self, model_name: str, model_version: int, view: str, view_version: str,
                  threshold: float, schemas: SchemaSet | None = None) -> None:
         schema = (schemas or default_schema_set()).get("driftline.Prediction")
-        order = [f["name"] for f in schema.declared["fields"]]
+        fields = schema.declared["fields"]
+        order = [f["name"] for f in fields]
         expected = ["event_id", "entity_id", "event_time", "score", "decision", "threshold",
-                    "model_name", "model_version", "view", "view_version", "slices", "inputs"]
+                    "model_name", "model_version", "view", "view_version", "slices", "inputs",
+                    "arm", "latency_ms"]
         if order != expected:
             raise ValueError(f"driftline.Prediction fields are {order}, expected {expected}")
+        self.arms = tuple(next(f for f in fields if f["name"] == "arm")["driftline.allowed"])
+        self._arm_bytes = {arm: avro_string(arm) for arm in self.arms}
         self.header = header(schema)
         self.threshold = threshold
         self.threshold_bytes = np.float64(threshold).astype("<f8").tobytes()
         self.model_part = (avro_string(model_name) + zigzag_varint(model_version)
                            + avro_string(view) + avro_string(view_version))
 
-    def write(self, batch: FastBatch, scores: np.ndarray) -> list[bytes]:
+    def write(self, batch: FastBatch, scores: np.ndarray, arm: str = "production",
+              latency_ms: float = 0.0) -> list[bytes]:
+        arm_bytes = self._arm_bytes.get(arm)
+        if arm_bytes is None:
+            raise ValueError(f"unknown arm {arm!r} (arms: {', '.join(self.arms)})")
         score_bytes = np.ascontiguousarray(scores, dtype="<f8").tobytes()
         decisions = (scores >= self.threshold).tolist()
         head, tail = self.header, self.threshold_bytes + self.model_part
+        trailer = arm_bytes + struct.pack("<d", latency_ms)
         out = []
         for k, (record_head, slices, values, decision) in enumerate(
                 zip(batch.heads, batch.slices, batch.values, decisions, strict=True)):
             out.append(b"".join((head, record_head, score_bytes[8 * k:8 * k + 8],
-                                 b"\x01" if decision else b"\x00", tail, slices, values)))
+                                 b"\x01" if decision else b"\x00", tail, slices, values,
+                                 trailer)))
         return out

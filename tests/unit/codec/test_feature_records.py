@@ -88,7 +88,9 @@ def test_reader_takes_the_fast_path_and_leaves_everything_else_to_the_generic_de
     np.testing.assert_array_equal(fast.matrix, values[~has_null])
 
 
-def test_predictions_written_from_raw_pieces_equal_the_generic_encoding():
+@pytest.mark.parametrize("arm, latency_ms", [
+    (None, 0.0), ("production", 1.25), ("candidate", 0.0371), ("shadow", 1e6)])
+def test_predictions_written_from_raw_pieces_equal_the_generic_encoding(arm, latency_ms):
     from driftline.core.codec.feature_records import FeatureRecordReader, PredictionWriter
 
     encoder = FeatureRecordEncoder("v", "0123456789ab", NAMES, ("segment", "channel"))
@@ -96,13 +98,55 @@ def test_predictions_written_from_raw_pieces_equal_the_generic_encoding():
     fast = FeatureRecordReader("v", "0123456789ab", NAMES).read(
         encoder.encode_batch(ids, entities, times, values, slices))
     scores = np.linspace(0, 1, 50)
-    written = PredictionWriter("fraud", 3, "v", "0123456789ab", 0.5).write(fast, scores)
+    writer = PredictionWriter("fraud", 3, "v", "0123456789ab", 0.5)
+    written = (writer.write(fast, scores) if arm is None  # the defaults: production, 0.0
+               else writer.write(fast, scores, arm, latency_ms))
+    decoder = Decoder("driftline.Prediction")
     for i, message in enumerate(written):
-        expected = encode("driftline.Prediction", {
+        record = {
             "event_id": ids[i], "entity_id": entities[i], "event_time": times[i],
             "score": float(scores[i]), "decision": bool(scores[i] >= 0.5), "threshold": 0.5,
             "model_name": "fraud", "model_version": 3, "view": "v",
             "view_version": "0123456789ab",
             "slices": {"segment": slices[0][i], "channel": slices[1][i]},
-            "inputs": dict(zip(NAMES, values[i].tolist(), strict=True))})
-        assert message == expected, f"prediction {i}"
+            "inputs": dict(zip(NAMES, values[i].tolist(), strict=True)),
+            "arm": arm or "production", "latency_ms": latency_ms}
+        assert message == encode("driftline.Prediction", record), f"prediction {i}"
+        assert decoder.decode(message) == record
+
+
+def test_the_writer_refuses_an_arm_the_schema_does_not_allow():
+    from driftline.core.codec.feature_records import FastBatch, PredictionWriter
+
+    writer = PredictionWriter("fraud", 3, "v", "0123456789ab", 0.5)
+    assert writer.arms == ("production", "candidate", "shadow")
+    with pytest.raises(ValueError, match="unknown arm 'canary' \\(arms: production, candidate, "
+                                         "shadow\\)"):
+        writer.write(FastBatch(), np.zeros(0), "canary")
+
+
+def test_reader_gives_each_fast_record_its_entity_id_and_take_selects_rows():
+    from driftline.core.codec.feature_records import FeatureRecordReader
+
+    encoder = FeatureRecordEncoder("v", "0123456789ab", NAMES, ("segment",))
+    ids, _, times, values, _ = _records(40, seed=5)
+    # Short, long (two-byte length), non-ASCII and empty ids; one record with a null and one
+    # with an infinity leave the fast path, and their ids with them.
+    entities = [f"card-{i}" if i % 4 else f"kunde-{i}-ü" + "x" * (70 * (i % 8 == 0))
+                for i in range(40)]
+    entities[3] = ""
+    values[7, 1] = np.nan
+    values[11, 0] = np.inf
+    batch = encoder.encode_batch(ids, entities, times, values, [["s"] * 40])
+    fast = FeatureRecordReader("v", "0123456789ab", NAMES).read(batch)
+    assert fast.others == [7, 11]
+    assert fast.entity_ids == [entities[i] for i in fast.index]
+    rows = [0, 5, 6, 30]
+    part = fast.take(rows)
+    assert part.index == [fast.index[k] for k in rows] and part.others == []
+    assert part.entity_ids == [fast.entity_ids[k] for k in rows]
+    assert (part.heads, part.slices, part.values) == (
+        [fast.heads[k] for k in rows], [fast.slices[k] for k in rows],
+        [fast.values[k] for k in rows])
+    np.testing.assert_array_equal(part.matrix, fast.matrix[rows])
+    assert FeatureRecordReader("v", "0123456789ab", NAMES).read([b"garbage"]).entity_ids == []

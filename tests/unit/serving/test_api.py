@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from driftline.core.online import MemoryOnlineStore, OnlineWrite
 from driftline.core.registry import ModelRegistry
+from driftline.core.rollout import ServingPlan, bucket
 from driftline.serving.api import ScorerApi
 from driftline.serving.models import ModelHolder, ModelUnavailable
 from tests.unit.serving.conftest import (
@@ -84,7 +85,7 @@ def test_predict_by_entity_scores_the_stored_features(api, registry):
         "model_name": MODEL, "model_version": 1, "view": VIEW.name,
         "view_version": VIEW.version, "source": "online_store", "entity_id": "card-1",
         "features_event_time": 123}
-    assert body["latency_ms"] >= 0
+    assert body["arm"] == "production" and body["latency_ms"] >= 0
 
 
 def test_predict_by_explicit_features_scores_them(api, registry):
@@ -188,7 +189,7 @@ def test_features_returns_the_stored_values_with_nan_as_null(api):
 def test_health_is_200_with_a_model_and_503_without(api, no_model_api, holder, store):
     status, body = call(api, "GET", "/health")
     assert (status, body) == (200, {
-        "status": "ok", "model_error": None, "stream": STREAM_OK,
+        "status": "ok", "model_error": None, "stream": STREAM_OK, "rollout": None,
         "model": {"model_name": MODEL, "model_version": 1, "view": VIEW.name,
                   "view_version": VIEW.version}})
     status, body = call(no_model_api, "GET", "/health")
@@ -270,3 +271,42 @@ def test_an_integer_too_large_for_a_double_is_422(api):
         '"amount_sum_1h": 0', '"amount_sum_1h": 1' + "0" * 400)
     status, body = call(api, "POST", "/predict", raw=f'{{"features": {features}}}'.encode())
     assert status == 422, body
+
+
+# -- rollouts ----------------------------------------------------------------------------------
+
+def test_during_a_canary_an_entity_is_answered_by_its_arm_and_features_by_production(
+        registry_copy, store):
+    entities = [f"card-r{i}" for i in range(40)]
+    rows = feature_rows(len(entities), seed=13)
+    store.write(OnlineWrite(VIEW.name, VIEW.version, NAMES, entities, rows, [5] * len(entities)))
+    registry_copy.set_serving_plan(MODEL, ServingPlan(MODEL, "canary", 2, 0.5, "x").to_mapping())
+    holder = ModelHolder(registry_copy, MODEL, THRESHOLD, VIEWS)
+    holder.reload()
+    api = ScorerApi(holder, store.reader(), lambda: dict(STREAM_OK))
+    to_candidate = bucket(entities, "x") < 0.5
+    assert 0 < to_candidate.sum() < len(entities)
+    for entity, row, candidate in zip(entities, rows, to_candidate, strict=True):
+        status, body = call(api, "POST", "/predict", {"entity_id": entity})
+        version = 2 if candidate else 1
+        assert status == 200, body
+        assert (body["arm"], body["model_version"]) == \
+            ("candidate" if candidate else "production", version)
+        assert body["score"] == pytest.approx(
+            float(onnx_scores(registry_copy, version, row[None, :])[0]), abs=1e-6)
+    status, body = call(api, "POST", "/predict", {"features": FEATURES})
+    assert (status, body["arm"], body["model_version"]) == (200, "production", 1)
+    status, body = call(api, "GET", "/health")
+    assert status == 200 and body["model"]["model_version"] == 1
+    assert body["rollout"] == {"kind": "canary", "candidate_version": 2, "share": 0.5,
+                               "salt": "x"}
+
+
+def test_under_shadow_the_api_answers_with_production(registry_copy, store):
+    registry_copy.set_serving_plan(MODEL, ServingPlan(MODEL, "shadow", 2, 0.0).to_mapping())
+    holder = ModelHolder(registry_copy, MODEL, THRESHOLD, VIEWS)
+    holder.reload()
+    api = ScorerApi(holder, store.reader(), lambda: dict(STREAM_OK))
+    status, body = call(api, "POST", "/predict", {"entity_id": "card-1"})
+    assert (status, body["arm"], body["model_version"]) == (200, "production", 1)
+    assert call(api, "GET", "/health")[1]["rollout"]["kind"] == "shadow"

@@ -1,7 +1,9 @@
 """ModelHolder: loads the Production version, swaps atomically, refuses unservable models.
 
 A refused reload must leave the previous model serving (the very same object) and say why in
-``last_error``; with nothing servable at all, ``get()`` raises ModelUnavailable.
+``last_error``; with nothing servable at all, ``get()`` raises ModelUnavailable. With a serving
+plan in the registry the candidate is loaded beside Production; a candidate that cannot be
+served is left out and reported, never an error.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import numpy as np
 import pytest
 
 from driftline.core.registry import ModelRegistry
-from driftline.serving.models import ModelHolder, ModelUnavailable
+from driftline.core.rollout import ServingPlan, bucket
+from driftline.serving.models import ModelHolder, ModelUnavailable, Serving
 from tests.unit.serving.conftest import (
     MODEL,
     NAMES,
@@ -168,3 +171,137 @@ def test_a_registered_but_never_promoted_model_is_not_served(registry, tmp_path)
     with pytest.raises(ModelUnavailable, match="has no Production version"):
         holder.reload()
     assert holder.reload(1).version == 1  # an explicit version is loaded whatever its stage
+
+
+# -- rollouts: a serving plan beside Production --------------------------------------------------
+
+def set_plan(registry: ModelRegistry, kind: str, share: float, candidate: int = 2,
+             salt: str = "") -> ServingPlan:
+    plan = ServingPlan(MODEL, kind, candidate, share, salt)
+    registry.set_serving_plan(MODEL, plan.to_mapping())
+    return plan
+
+
+def test_a_plan_loads_its_candidate_beside_production(registry_copy):
+    holder = ModelHolder(registry_copy, MODEL, THRESHOLD, VIEWS)
+    v1 = holder.reload()
+    assert holder.serving().plan is None and holder.serving().candidate is None
+    plan = set_plan(registry_copy, "canary", 0.25)
+    assert holder.reload() is v1  # the Production model is returned, unchanged
+    serving = holder.serving()
+    assert serving.production is v1 and holder.get() is v1 and holder.current is v1
+    assert serving.plan == plan and serving.candidate.version == 2
+    assert serving.shadow is None and holder.swaps == 2 and holder.last_error is None
+    X = feature_rows(20, seed=3)
+    np.testing.assert_allclose(serving.candidate.score(X), onnx_scores(registry_copy, 2, X),
+                               rtol=0, atol=1e-6)
+    assert serving.describe_plan() == {"kind": "canary", "candidate_version": 2,
+                                       "share": 0.25, "salt": ""}
+
+
+def test_reloading_an_unchanged_plan_swaps_nothing_and_a_step_reuses_the_candidate(
+        registry_copy):
+    holder = ModelHolder(registry_copy, MODEL, THRESHOLD, VIEWS)
+    set_plan(registry_copy, "canary", 0.1)
+    holder.reload()
+    first = holder.serving()
+    assert holder.swaps == 1
+    holder.reload()
+    assert holder.serving() is first and holder.swaps == 1  # nothing changed: no swap
+    set_plan(registry_copy, "canary", 0.5)  # a step: only the share moves
+    holder.reload()
+    stepped = holder.serving()
+    assert stepped is not first and stepped.plan.share == 0.5 and holder.swaps == 2
+    assert stepped.candidate is first.candidate and stepped.production is first.production
+    set_plan(registry_copy, "shadow", 0.0)
+    holder.reload()
+    assert holder.serving().shadow is first.candidate and holder.swaps == 3
+    registry_copy.set_serving_plan(MODEL, None)  # the rollout ended
+    holder.reload()
+    assert holder.serving().plan is None and holder.serving().candidate is None
+    assert holder.get() is first.production and holder.swaps == 4
+
+
+def test_a_promoted_candidate_becomes_production_without_a_second_load(registry_copy):
+    holder = ModelHolder(registry_copy, MODEL, THRESHOLD, VIEWS)
+    set_plan(registry_copy, "canary", 1.0)
+    holder.reload()
+    candidate = holder.serving().candidate
+    registry_copy.promote(MODEL, 2, at_ms=10, reason="canary done", current_views=VIEWS)
+    # The plan still names v2, now Production: ignored, v2 serves alone.
+    assert holder.reload() is candidate
+    assert holder.serving().plan is None and holder.last_error is None and holder.swaps == 2
+
+
+def test_a_candidate_that_cannot_load_leaves_production_serving_alone(registry_copy):
+    holder = ModelHolder(registry_copy, MODEL, THRESHOLD, VIEWS)
+    v1 = holder.reload()
+    good = registry_copy.model_path(MODEL, 2).read_bytes()
+    registry_copy.model_path(MODEL, 2).write_bytes(b"\x08\x01garbage")
+    set_plan(registry_copy, "canary", 0.5)
+    assert holder.reload() is v1  # no exception: the candidate is optional
+    assert holder.serving().plan is None and holder.get() is v1 and holder.swaps == 1
+    assert holder.last_error.startswith("canary candidate fraud v2: cannot load model.onnx")
+    assert "sha256" in holder.last_error
+    registry_copy.model_path(MODEL, 2).write_bytes(good)  # repaired: the next reload takes it
+    holder.reload()
+    assert holder.serving().candidate.version == 2 and holder.last_error is None
+
+
+@pytest.mark.parametrize("plan, error", [
+    ({"model_name": MODEL, "kind": "canary", "candidate_version": 99, "share": 0.5},
+     "canary candidate unknown model version fraud v99"),
+    ({"model_name": MODEL, "kind": "canary", "candidate_version": 2, "share": 1.5},
+     "fraud: unreadable serving plan: ValueError('share must be in [0, 1]: 1.5')"),
+    ({"model_name": MODEL, "kind": "direct", "candidate_version": 2, "share": 1.0},
+     "a serving plan is shadow, canary or ab, not 'direct'"),
+    ({"kind": "canary", "candidate_version": 2, "share": 0.5},
+     "fraud: unreadable serving plan: KeyError('model_name')"),
+    ({"model_name": "other", "kind": "ab", "candidate_version": 2, "share": 0.5},
+     "fraud: the serving plan is for model 'other'"),
+], ids=["unknown-version", "bad-share", "bad-kind", "incomplete", "other-model"])
+def test_an_unservable_plan_is_reported_and_production_serves_alone(registry_copy, plan, error):
+    registry_copy.set_serving_plan(MODEL, plan)
+    holder = ModelHolder(registry_copy, MODEL, THRESHOLD, VIEWS)
+    assert holder.reload().version == 1
+    assert holder.serving().plan is None and error in holder.last_error
+
+
+def test_a_candidate_of_another_view_version_is_refused(registry_copy):
+    holder = ModelHolder(registry_copy, MODEL, THRESHOLD, VIEWS)
+    drifted = registry_copy.register(
+        MODEL, registry_copy.model_bytes(MODEL, 1), view=VIEW.name,
+        view_version="0123456789ab", inputs=NAMES, training_range=(0, 1), metrics={},
+        parent=1, created_at_ms=5)
+    set_plan(registry_copy, "shadow", 0.0, candidate=drifted.version)
+    holder.reload()
+    assert holder.serving().plan is None
+    assert "shadow candidate" in holder.last_error
+    assert "feature schema drift" in holder.last_error
+
+
+def test_a_plan_naming_the_production_version_is_ignored(registry_copy):
+    set_plan(registry_copy, "canary", 0.5, candidate=1)
+    holder = ModelHolder(registry_copy, MODEL, THRESHOLD, VIEWS)
+    holder.reload()
+    assert holder.serving().plan is None and holder.last_error is None
+
+
+def test_serving_routes_by_the_plan_and_refuses_a_mismatched_candidate(holder, registry):
+    v1 = holder.get()
+    v2 = ModelHolder(registry, MODEL, THRESHOLD, VIEWS).reload(2)
+    plan = ServingPlan(MODEL, "canary", 2, 0.5, "s")
+    serving = Serving(v1, plan, v2)
+    entities = [f"card-{i}" for i in range(400)]
+    expected = bucket(entities, "s") < 0.5
+    np.testing.assert_array_equal(serving.to_candidate(entities), expected)
+    assert [serving.for_entity(e) for e in entities[:20]] == [
+        (v2, "candidate") if c else (v1, "production") for c in expected[:20]]
+    shadow = Serving(v1, ServingPlan(MODEL, "shadow", 2, 0.0), v2)
+    assert not shadow.to_candidate(entities).any() and shadow.shadow is v2
+    assert shadow.for_entity("card-1") == (v1, "production")
+    assert not Serving(v1).to_candidate(entities).any()
+    with pytest.raises(ValueError, match="needs its candidate model"):
+        Serving(v1, plan)
+    with pytest.raises(ValueError, match="the plan's candidate is v2, the loaded one v1"):
+        Serving(v1, plan, v1)

@@ -110,7 +110,10 @@ def test_every_record_gets_one_prediction_equal_to_onnxruntime(holder, registry)
     np.testing.assert_allclose(scores, onnx_scores(registry, 1, inputs_matrix(predictions)),
                                rtol=0, atol=1e-6)
     assert np.ptp(scores) > 1e-3, "scores must vary, or the comparison proves little"
-    assert scorer.stats() == {"predictions": len(sent), "dead_letters": 0}
+    assert {p["arm"] for p in predictions} == {"production"}
+    assert all(p["latency_ms"] > 0 for p in predictions)
+    assert scorer.stats() == {"predictions": len(sent), "shadow_predictions": 0,
+                              "dead_letters": 0}
 
 
 def test_other_view_versions_and_garbage_go_to_the_dlq_and_the_rest_is_scored(holder):
@@ -142,7 +145,7 @@ def test_other_view_versions_and_garbage_go_to_the_dlq_and_the_rest_is_scored(ho
                         f"{VIEW.name}@{VIEW.version}")
     assert "no schema registry is configured" in dead[2]["detail"]
     assert "is truncated" in dead[5]["detail"]
-    assert scorer.stats() == {"predictions": 60, "dead_letters": 6}
+    assert scorer.stats() == {"predictions": 60, "shadow_predictions": 0, "dead_letters": 6}
 
 
 def test_without_a_model_the_batch_fails_whole_and_succeeds_on_retry(registry, tmp_path):
