@@ -60,8 +60,9 @@ def settings(servers, tmp_path) -> Settings:
     topics = {f"topic_{role}": f"{run}.{role}" for role in Settings().topics}
     s = Settings(profile="dev", kafka_bootstrap=servers["kafka"], redis_url=servers["redis"],
                  data_dir=tmp_path / "data", partitions=3, group_features=f"{run}-features",
-                 group_monitor=f"{run}-monitor", worker_port=local_servers.free_port(),
-                 monitor_port=local_servers.free_port(), **topics)
+                 group_monitor=f"{run}-monitor", group_controller=f"{run}-controller",
+                 worker_port=local_servers.free_port(), monitor_port=local_servers.free_port(),
+                 controller_port=local_servers.free_port(), **topics)
     kafka.create_topics(s)
     return s
 
