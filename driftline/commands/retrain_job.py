@@ -268,6 +268,8 @@ class _Run:
             self._reject(report)
             return
 
+        log.info("job %s (attempt %d): training %s on %d rows, %d held out", job.job_id,
+                 job.attempt, self.config.trainer, len(y_train), len(y_hold))
         model, onnx_bytes = fit_and_export(self.config.trainer, X_train, y_train,
                                            self.config.seed, len(names))
         session = load_session(onnx_bytes)
