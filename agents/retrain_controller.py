@@ -51,7 +51,15 @@ import pyarrow.parquet as pq
 from driftline.adapters import kafka
 from driftline.adapters.batch_loop import BatchLoop, MessageBatch, PartitionId
 from driftline.adapters.dead_letters import DeadLetterSink
-from driftline.adapters.metrics import exposition
+from driftline.adapters.metrics import (
+    GATE_PASSED,
+    GATE_VALUE,
+    RETRAIN_JOBS,
+    ROLLOUT_ERRORS,
+    ROLLOUT_OUTCOMES,
+    ROLLOUT_SHARE,
+    exposition,
+)
 from driftline.adapters.model_events import ModelEventPublisher
 from driftline.adapters.offline_store import OfflineStore
 from driftline.adapters.onnx_model import load_session, predict_scores
@@ -196,6 +204,7 @@ class RetrainController:
         self.decisions: list[str] = []  # the latest trigger decisions, for /health
         self._lock = threading.RLock()
         self._sessions: dict[tuple[str, int], Any] = {}
+        self._exported: dict[str, list[tuple[Any, tuple[str, ...]]]] = {}  # rollout gauges
         for folder in ("jobs", "requests"):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
         self.triggers: dict[str, RetrainTrigger] = {}
@@ -345,6 +354,7 @@ class RetrainController:
         os.replace(tmp, paths["spec"])
         self.runner.start(job, paths["spec"], paths["log"])
         job.launched = True
+        RETRAIN_JOBS.labels(job.model_name, "started" if job.attempt == 1 else "retried").inc()
         self._decided(f"job {job.job_id} started (attempt {job.attempt}): {job.reason}")
 
     def _poll_jobs(self) -> bool:
@@ -384,10 +394,15 @@ class RetrainController:
         job.result, job.status, job.ended_at_ms = dict(result), str(result["status"]), now
         job.version = result.get("version")
         model, training_range = job.model_name, result.get("training_range")
+        RETRAIN_JOBS.labels(model, job.status).inc()
         common = {"job_id": job.job_id, "drift_ids": job.drift_ids,
                   "parent_version": job.parent_version, "training_range": training_range}
         records = []
         gates = result.get("gates")
+        for gate in (gates or {}).get("gates", []):
+            if gate.get("passed") is not None and gate.get("value") is not None:
+                GATE_VALUE.labels(model, gate["name"]).set(gate["value"])
+                GATE_PASSED.labels(model, gate["name"]).set(1 if gate["passed"] else 0)
         if gates:
             records.append(lineage_record(
                 "gate_results", model, job.version or 0, at_ms=now,
@@ -553,8 +568,25 @@ class RetrainController:
         self._decided(f"{model} v{state.candidate_version} promoted: {reason}")
         self._trigger(model).job_ended(model, now)
 
+    def _export_rollout(self, model: str) -> None:
+        """The running rollout's share and per-arm counts as gauges (removed when it ends)."""
+        for gauge, labels in self._exported.pop(model, []):
+            gauge.remove(*labels)
+        rollout = self.rollouts.get(model)
+        if rollout is None:
+            return
+        state = rollout.state
+        series = [(ROLLOUT_SHARE, (model, state.policy.kind), state.share)]
+        for arm, counts in state.counts.items():
+            series += [(ROLLOUT_OUTCOMES, (model, arm), counts.outcomes),
+                       (ROLLOUT_ERRORS, (model, arm), counts.errors)]
+        for gauge, labels, value in series:
+            gauge.labels(*labels).set(value)
+        self._exported[model] = [(gauge, labels) for gauge, labels, _ in series]
+
     def _end_rollout(self, model: str) -> None:
         self.rollouts.pop(model, None)
+        self._export_rollout(model)
         self._trigger(model).job_ended(model, self.clock_ms())
 
     def _transition(self, model: str, version: int, stage: str, reason: str):
@@ -593,6 +625,8 @@ class RetrainController:
             changed = self._poll_requests()
             changed |= self._poll_jobs()
             changed |= self._advance_rollouts()
+            for model in self.rollouts:
+                self._export_rollout(model)
             if changed:
                 self._save()
 

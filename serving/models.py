@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from driftline.adapters.metrics import MODEL_INFO
 from driftline.adapters.onnx_model import load_session, predict_scores
 from driftline.core.registry import FeatureViewLike, ModelRegistry, ModelVersion
 from driftline.core.rollout import CANDIDATE, PRODUCTION, ServingPlan
@@ -186,6 +187,7 @@ class ModelHolder:
                 return current.production
             self._serving = serving  # the swap: one reference assignment
             self.swaps += 1
+            _export_info(self.name, serving)
             log.info("serving %s v%d%s (was %s)", self.name, version, _plan_text(serving),
                      "nothing" if current is None else
                      f"v{current.production.version}{_plan_text(current)}")
@@ -238,3 +240,12 @@ def _plan_text(serving: Serving) -> str:
     plan = serving.plan
     return "" if plan is None else \
         f" + {plan.kind} v{plan.candidate_version} at share {plan.share:g}"
+
+
+def _export_info(name: str, serving: Serving) -> None:
+    """``driftline_model_info``: the versions this process serves now, by arm."""
+    MODEL_INFO.clear()
+    MODEL_INFO.labels(name, str(serving.production.version), "production").set(1)
+    if serving.candidate is not None and serving.plan is not None:
+        arm = "shadow" if serving.plan.shadow else "candidate"
+        MODEL_INFO.labels(name, str(serving.candidate.version), arm).set(1)

@@ -35,7 +35,12 @@ from confluent_kafka import Message
 from driftline.adapters.batch_loop import MessageBatch, PartitionId
 from driftline.adapters.dead_letters import DeadLetterSink
 from driftline.adapters.kafka import CheckedProducer
-from driftline.adapters.metrics import BATCH_SECONDS, PREDICTIONS, RECORDS_DECODED
+from driftline.adapters.metrics import (
+    BATCH_SECONDS,
+    FEATURE_TO_PREDICTION_SECONDS,
+    PREDICTIONS,
+    RECORDS_DECODED,
+)
 from driftline.core.codec.decoder import Decoder
 from driftline.core.codec.errors import VIEW_MISMATCH
 from driftline.core.codec.feature_records import FastBatch, FeatureRecordReader, PredictionWriter
@@ -116,6 +121,9 @@ class ScoringPipeline:
             for i, prediction in sorted(pending, key=lambda item: item[0]):
                 produce(topic, prediction, key=messages[i].key())
         self.producer.flush_or_raise()
+        FEATURE_TO_PREDICTION_SECONDS.observe_many(
+            time.time() - np.fromiter((m.timestamp()[1] for m in messages), np.float64,
+                                      len(messages)) / 1000)
         RECORDS_DECODED.labels(messages[0].topic()).inc(len(messages))
         for (name, version, arm), n in out.counts.items():
             PREDICTIONS.labels(name, str(version), arm).inc(n)

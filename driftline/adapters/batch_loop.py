@@ -27,7 +27,7 @@ from typing import NamedTuple, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from driftline.adapters.metrics import BATCH_FAILURES
+from driftline.adapters.metrics import BATCH_FAILURES, CONSUMER_LAG, DEPENDENCY_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +171,7 @@ class BatchLoop:
             self.pipeline.process(group_by_partition(messages))
         except Exception as exc:  # noqa: BLE001 - any failure is retried from known state
             BATCH_FAILURES.labels(self.topic, type(exc).__name__).inc()
+            DEPENDENCY_ERRORS.labels(dependency_of(exc)).inc()
             log.warning("batch on %s failed (%s); rebuilding state and retrying", self.topic,
                         describe(exc))
             self._rewind(consumer, messages)
@@ -229,6 +230,7 @@ class BatchLoop:
             low, high = consumer.get_watermark_offsets(tp, cached=True) or (0, 0)
             position = tp.offset if tp.offset >= 0 else low
             lag[f"{tp.topic}/{tp.partition}"] = max(high - position, 0)
+            CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(high - position, 0))
         self.lag = lag
 
 
@@ -236,6 +238,19 @@ def _next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
     # Offsets grow within a partition, so the last message of each partition wins.
     last = {(m.topic(), m.partition()): m.offset() for m in messages}
     return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+
+
+def dependency_of(exc: BaseException) -> str:
+    """Which dependency an exception (or its cause) came from: redis, kafka or other."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        module = type(seen).__module__
+        if module.startswith("redis"):
+            return "redis"
+        if module.startswith("confluent_kafka") or type(seen).__name__ == "DeliveryFailed":
+            return "kafka"
+        seen = seen.__cause__ or seen.__context__
+    return "other"
 
 
 def describe(exc: BaseException) -> str:

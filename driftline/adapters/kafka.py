@@ -47,6 +47,10 @@ def consumer_config(settings: Settings, group_id: str, **extra: Any) -> dict[str
     return config
 
 
+class DeliveryFailed(RuntimeError):
+    """Messages the broker did not acknowledge (``CheckedProducer.flush_or_raise``)."""
+
+
 class CheckedProducer(Producer):
     """A producer whose ``flush_or_raise`` fails if any message since the last flush was lost.
 
@@ -75,7 +79,7 @@ class CheckedProducer(Producer):
         remaining = self.flush(timeout)
         failures, self.failures = self.failures, []
         if remaining or failures:
-            raise RuntimeError(
+            raise DeliveryFailed(
                 f"{remaining} messages undelivered after {timeout:.0f}s, "
                 f"{len(failures)} failed: {failures[:3]}")
 

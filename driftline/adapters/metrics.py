@@ -78,6 +78,24 @@ class BulkHistogram:
         yield family
 
 
+CONSUMER_LAG = Gauge(
+    "driftline_consumer_lag_messages", "Messages behind the high watermark, by topic and "
+    "partition (needs a broker whose watermarks are right: not the embedded one)",
+    ["topic", "partition"])
+DEPENDENCY_ERRORS = Counter(
+    "driftline_dependency_errors_total", "Failed batches by the dependency that failed them "
+    "(redis, kafka, other); each batch is retried from the last committed state",
+    ["dependency"])
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+FEATURE_TO_PREDICTION_SECONDS = BulkHistogram(
+    "driftline_feature_to_prediction_seconds",
+    "From a feature record's Kafka append time to its prediction being produced and flushed",
+    buckets=_LATENCY_BUCKETS)
+LABEL_TO_OUTCOME_SECONDS = BulkHistogram(
+    "driftline_label_to_outcome_seconds",
+    "From a label's Kafka append time to the monitor committing the batch that joined it "
+    "(the wait for the label itself is driftline_label_delay_seconds)",
+    buckets=_LATENCY_BUCKETS)
 EVENT_TO_STORE_SECONDS = BulkHistogram(
     "driftline_event_to_store_seconds",
     "From the event's Kafka append time to its features being committed to Redis",
@@ -93,6 +111,29 @@ ONLINE_SECONDS = Histogram(
     "driftline_online_predict_seconds", "Server-side latency of /predict",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
 MODEL_SWAPS = Counter("driftline_model_swaps_total", "Hot swaps of the served model")
+MODEL_INFO = Gauge(
+    "driftline_model_info", "1 for each model version a scorer serves now, by rollout arm "
+    "(production; candidate or shadow while a rollout runs)", ["model", "version", "arm"])
+
+# -- the retrain controller ---------------------------------------------------------------------
+RETRAIN_JOBS = Counter(
+    "driftline_retrain_jobs_total", "Retraining jobs by how they ended (registered, rejected, "
+    "failed) or started (started, retried)", ["model", "status"])
+GATE_VALUE = Gauge(
+    "driftline_gate_value", "The number each promotion gate measured in the model's last "
+    "judged job", ["model", "gate"])
+GATE_PASSED = Gauge(
+    "driftline_gate_passed", "1 if the gate passed in the model's last judged job, 0 if not",
+    ["model", "gate"])
+ROLLOUT_SHARE = Gauge(
+    "driftline_rollout_share", "The candidate's published share of entities while a rollout "
+    "runs (0 for shadow; absent when none runs)", ["model", "kind"])
+ROLLOUT_OUTCOMES = Gauge(
+    "driftline_rollout_outcomes", "Outcomes counted per arm in the running rollout",
+    ["model", "arm"])
+ROLLOUT_ERRORS = Gauge(
+    "driftline_rollout_errors", "Wrong decisions counted per arm in the running rollout",
+    ["model", "arm"])
 
 # -- the monitor --------------------------------------------------------------------------------
 OUTCOMES = Counter(

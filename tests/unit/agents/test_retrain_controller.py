@@ -360,3 +360,31 @@ def test_an_ab_test_reports_and_ends_when_a_person_decides(env):
     controller.tick()
     assert not controller.rollouts and env["registry"].serving_plan("fraud") is None
     assert "ended by hand" in controller.decisions[-1]
+
+
+def test_jobs_gates_and_rollouts_are_exported_as_metrics(env):
+    from prometheus_client import REGISTRY
+
+    def sample(name, **labels):
+        return REGISTRY.get_sample_value(name, labels)
+
+    before = sample("driftline_retrain_jobs_total", model="fraud", status="rejected") or 0
+    controller = env["make"]({"default": {"rollout": CANARY}})
+    controller.offer([drift("d1")])
+    controller.tick()
+    gates = {"passed": False, "failed": "roc_auc", "gates": [
+        {"name": "roc_auc", "passed": False, "value": 0.51, "summary": "roc_auc 0.51: FAIL"}]}
+    finish(controller, only_job(controller), REJECTED, None, gates=gates)
+    assert sample("driftline_retrain_jobs_total", model="fraud", status="rejected") == before + 1
+    assert sample("driftline_gate_value", model="fraud", gate="roc_auc") == 0.51
+    assert sample("driftline_gate_passed", model="fraud", gate="roc_auc") == 0
+    request_job(controller.root, "fraud")
+    controller.tick()
+    finish(controller, [j for j in controller.jobs.values() if j.status == RUNNING][0],
+           REGISTERED, 2)
+    assert sample("driftline_rollout_share", model="fraud", kind="canary") == 0.2
+    outcome_file(env["root"], 2000, 1, 0.02, seq=1)
+    outcome_file(env["root"], 600, 2, 0.30, seq=2)
+    controller.tick()  # rolled back: the rollout's series are gone
+    assert sample("driftline_rollout_share", model="fraud", kind="canary") is None
+    assert sample("driftline_rollout_outcomes", model="fraud", arm="candidate") is None
