@@ -27,6 +27,7 @@ from typing import NamedTuple, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from driftline.adapters.kafka import DeliveryFailed
 from driftline.adapters.metrics import BATCH_FAILURES, CONSUMER_LAG, DEPENDENCY_ERRORS
 
 log = logging.getLogger(__name__)
@@ -247,7 +248,8 @@ def dependency_of(exc: BaseException) -> str:
         module = type(seen).__module__
         if module.startswith("redis"):
             return "redis"
-        if module.startswith("confluent_kafka") or type(seen).__name__ == "DeliveryFailed":
+        if isinstance(seen, (KafkaException, DeliveryFailed)) or \
+                module.startswith(("confluent_kafka", "cimpl")):
             return "kafka"
         seen = seen.__cause__ or seen.__context__
     return "other"
