@@ -2,12 +2,14 @@
 
 No module-global app: ``create_app(settings, pipeline, service)`` wires a Faust app whose
 lifecycle owns a :class:`BatchReader` over the service's topics, plus its HTTP pages
-(``/health``, ``/metrics``). Faust keeps what it is good at — worker lifecycle, signals, web,
-timers — while the high-volume topics are read in batches.
+(``/health``, ``/metrics``; for a pipeline with a ``status`` method, the monitor's, also the
+status page ``/status`` and its data ``/status.json``). Faust keeps what it is good at — worker
+lifecycle, signals, web, timers — while the high-volume topics are read in batches.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import faust
@@ -90,7 +92,30 @@ def create_app(settings: Settings, pipeline: BatchPipeline, service: Service
         # aiohttp refuses a charset inside content_type; the exposition is ASCII anyway.
         return web.bytes(payload, content_type=content_type.split(";")[0])
 
+    if callable(getattr(pipeline, "status", None)):
+        _add_status_pages(app, settings, pipeline, batches)
     return app, batches
+
+
+def _add_status_pages(app: faust.App, settings: Settings, pipeline, batches: BatchLoop) -> None:
+    """``/status`` (HTML with inline SVG, agents/status.py) and ``/status.json``. The registry
+    and controller files are read in a thread, off the event loop."""
+    from driftline.agents.status import complete
+    from driftline.core.status_page import render_status, status_json
+
+    def gather():
+        data = pipeline.status()
+        return complete(data, settings.data_dir, batches.health().get("lag", {}))
+
+    @app.page("/status")
+    async def status_page(web, request):
+        data = await asyncio.get_running_loop().run_in_executor(None, gather)
+        return web.html(render_status(data))
+
+    @app.page("/status.json")
+    async def status_data(web, request):
+        data = await asyncio.get_running_loop().run_in_executor(None, gather)
+        return web.json(status_json(data))
 
 
 def run_service(settings: Settings, pipeline: BatchPipeline, service: Service) -> int:

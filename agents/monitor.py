@@ -25,6 +25,7 @@ a crash between their delivery and the commit produces them again with the same 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,14 +52,23 @@ from driftline.core.codec.decoder import Decoder
 from driftline.core.codec.schema_set import SchemaSet
 from driftline.core.codec.single_object import encode
 from driftline.core.event_time import EventTimeGuard
+from driftline.core.monitoring.history import DriftMark, GapReading, StatusHistory
 from driftline.core.monitoring.label_join import (
     LabelBatch,
     LabelJoin,
     OutcomeBatch,
     PredictionBatch,
 )
-from driftline.core.monitoring.monitor import Alarm, Monitor, Profiles
+from driftline.core.monitoring.monitor import (
+    LABEL,
+    LABEL_THRESHOLDS,
+    Alarm,
+    Monitor,
+    MonitorConfig,
+    Profiles,
+)
 from driftline.core.state import PartitionState
+from driftline.core.status_page import StatusData
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +110,12 @@ class MonitorStage:
         self.monitor: Monitor | None = None  # while partition 0 is ours
         self.outcomes = 0
         self.alarms = 0
+        self.predictions = 0
+        # The status page's history: written by the batch thread, read by the web handler.
+        self.history = StatusHistory()
+        self._status_lock = threading.Lock()
+        self._active: set[tuple[str, int]] = set()  # versions with data since the last point
+        self._seen: dict[tuple[str, int], int] = {}  # version -> when it last had data
 
     def stats(self) -> dict[str, object]:
         owned = sorted(self.joins)
@@ -167,6 +183,10 @@ class MonitorStage:
             if self.monitor is not None:
                 alarms += self.monitor.observe(predictions, result.outcomes)
             self._count(p, result.outcomes, join)
+            self.predictions += len(predictions)
+            for batch in (predictions, result.outcomes):
+                self._active.update(zip(batch.model_name.tolist(),
+                                        batch.model_version.tolist(), strict=True))
         for b in batches:
             txn.consumed(b.topic, b.partition, b.messages[0].offset(), b.messages[-1].offset())
         if self.monitor is not None:
@@ -182,6 +202,7 @@ class MonitorStage:
         self.producer.flush_or_raise()
         self.state.commit(txn)  # the commit point; then the outcome files are published
         self.alarms += len(alarms)
+        self._remember(alarms)
         BATCH_SECONDS.labels("monitor").observe(time.perf_counter() - start)
 
     def _decode(self, batch: MessageBatch) -> list[dict]:
@@ -240,3 +261,51 @@ class MonitorStage:
         DRIFT_ALARMING.clear()
         for name, version, detector, subject in monitor.alarming():
             DRIFT_ALARMING.labels(name, str(version), detector, subject).set(1)
+
+    # -- the status page ----------------------------------------------------------------------
+    def _remember(self, alarms: Sequence[Alarm]) -> None:
+        """Committed PSI, fairness gaps and drift events into the status page's history. PSI
+        only of the versions that had predictions or outcomes since the last point (a replaced
+        version's lines end where its traffic did), gaps of those that had some in the last
+        hour."""
+        now = self.clock_ms()
+        monitor = self.monitor
+        self._seen.update(dict.fromkeys(self._active, now))
+        recent = {k for k, at in self._seen.items() if now - at <= self.history.max_age_ms}
+        psi = {} if monitor is None else {
+            (name, version, subject): value for name, version, subject, value in monitor.psi()
+            if (name, version) in self._active}
+        gaps = None if monitor is None else [
+            GapReading(name, number, g.attribute, g.metric, g.statistic, g.low, g.high,
+                       g.threshold, g.values, g.compared)
+            for (name, number), version in sorted(monitor.versions.items())
+            if version.report is not None and (name, number) in recent
+            for g in version.report.gaps]
+        with self._status_lock:
+            if self.history.record(now, psi, self.predictions, self.outcomes):
+                self._active.clear()
+            if gaps is not None:
+                self.history.set_gaps(gaps)
+            for a in alarms:
+                self.history.add_drift(DriftMark(
+                    a.drift_id, now, a.detector, a.kind, a.subject, float(a.statistic),
+                    float(a.threshold), a.model_name, a.model_version, a.detected_at_ms,
+                    a.severity, a.summary))
+
+    def status(self, now_ms: int | None = None) -> StatusData:
+        """The detectors' part of the status page at `now_ms` (default: the stage's clock);
+        ``agents/status.py`` adds the registry, the retrain controller's jobs and the lag."""
+        now_ms = self.clock_ms() if now_ms is None else now_ms
+        config = self.monitor.config if self.monitor is not None else MonitorConfig()
+        thresholds = config.psi.thresholds
+        label = config.label_psi.overrides.get(LABEL, LABEL_THRESHOLDS)
+        with self._status_lock:
+            history = self.history
+            return StatusData(
+                now_ms=now_ms, window_ms=history.max_age_ms, points=history.points(now_ms),
+                marks=history.drift_marks(), gaps=history.gaps,
+                psi_thresholds=(thresholds.warn, thresholds.drift),
+                label_thresholds=(label.warn, label.drift),
+                rates=history.rates(now_ms, self.predictions, self.outcomes),
+                predictions=self.predictions, outcomes=self.outcomes,
+                detectors=str(self.stats()["detectors"]))
