@@ -449,6 +449,8 @@ class RetrainController:
         self.rollouts[model] = rollout
         self.registry.set_serving_plan(model, state.plan(model).to_mapping())
         self._publish_transition(transition, job)
+        self._decided(f"{model} v{job.version} rollout started: {policy.kind} beside "
+                      f"v{state.production_version}")
         self._publish([lineage_record(
             "rollout_started", model, job.version, at_ms=now, stage=STAGING,
             reason=f"{policy.kind} rollout beside v{state.production_version}",
@@ -493,30 +495,33 @@ class RetrainController:
         now = self.clock_ms()
         ours = names == model
         production = ours & (version == state.production_version)
-        events: list[RolloutEvent] = []
-        events += state.observe(Arm.PRODUCTION, decision[production] != label[production],
-                                latency[production], now)
+        arms = {Arm.PRODUCTION: (decision[production] != label[production],
+                                 _finite(latency[production]))}
         if state.policy.kind == SHADOW:
             # The shadow scored these very rows live: the inputs are logged in the outcome.
             idx = np.flatnonzero(production)
-            if len(idx):
-                meta = self.registry.get(model, state.candidate_version)
-                X = np.column_stack([np.asarray(columns[n], dtype=np.float64)[idx]
-                                     for n in meta.inputs])
-                scores = predict_scores(self._session(model, state.candidate_version), X)
-                events += state.observe(Arm.SHADOW, (scores >= self.threshold) != label[idx],
-                                        np.empty(0), now)
+            if not len(idx):
+                return []
+            meta = self.registry.get(model, state.candidate_version)
+            X = np.column_stack([np.asarray(columns[n], dtype=np.float64)[idx]
+                                 for n in meta.inputs])
+            scores = predict_scores(self._session(model, state.candidate_version), X)
+            arms[Arm.SHADOW] = ((scores >= self.threshold) != label[idx], np.empty(0))
         else:
             cand = ours & (version == state.candidate_version)
-            events += state.observe(Arm.CANDIDATE, decision[cand] != label[cand],
-                                    latency[cand][np.isfinite(latency[cand])], now)
-        return events
+            arms[Arm.CANDIDATE] = (decision[cand] != label[cand], _finite(latency[cand]))
+        # One decision per file, with every arm's rows of it counted (see observe_together).
+        return state.observe_together(arms, now)
 
     def _act(self, model: str, rollout: _Rollout, event: RolloutEvent) -> None:
         state, job = rollout.state, self.jobs.get(rollout.job_id)
         common = {"job_id": rollout.job_id, "drift_ids": job.drift_ids if job else [],
                   "parent_version": state.production_version}
         now = self.clock_ms()
+        if not isinstance(event, Promote):  # a promotion says so in _promote
+            verb = {"step_up": "stepped up", "rollback": "rolled back",
+                    "ab_report": "A/B report"}[event.kind]
+            self._decided(f"{model} v{state.candidate_version} {verb}: {event.reason}")
         if isinstance(event, StepUp):
             plan = state.plan(model)
             self.registry.set_serving_plan(model, plan.to_mapping() if plan else None)
@@ -629,6 +634,10 @@ class RetrainController:
                 self._export_rollout(model)
             if changed:
                 self._save()
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    return values[np.isfinite(values)]
 
 
 def _drift_summary(drift_id: str, record: Mapping[str, Any]) -> dict[str, Any]:

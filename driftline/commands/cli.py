@@ -36,7 +36,8 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     from driftline.commands.dev_stack import run_dev
 
-    return run_dev(settings, with_services=not args.servers_only)
+    return run_dev(settings, with_services=not args.servers_only, prometheus=args.prometheus,
+                   prometheus_port=args.prometheus_port)
 
 
 def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
@@ -182,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dev", help="run the whole stack locally (embedded broker and Redis)")
     p.add_argument("--servers-only", action="store_true", help="start broker and Redis only")
+    p.add_argument("--prometheus", action="store_true",
+                   help="also start Prometheus (Debian's prometheus binary) scraping every "
+                        "service, with deploy/prometheus/rules.yml loaded")
+    p.add_argument("--prometheus-port", type=int, default=9090,
+                   help="Prometheus's port with --prometheus (0: a free one)")
     p.set_defaults(func=cmd_dev, own_stack=True)
 
     p = sub.add_parser("topics", help="create or list Driftline's topics on any Kafka")

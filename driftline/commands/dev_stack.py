@@ -123,7 +123,7 @@ SERVICES = {"worker": ("worker", "worker"), "scorer": ("serve", "scorer"),
             "monitor": ("monitor", "monitor"),
             "controller": ("retrain-controller", "controller")}
 ENDPOINTS = {"worker": "(/health /metrics)", "scorer": "(/predict /health /openapi.json)",
-             "monitor": "(/health /metrics)", "controller": "(/health /metrics)"}
+             "monitor": "(/status /health /metrics)", "controller": "(/health /metrics)"}
 
 
 def _consuming(body: dict) -> bool:
@@ -170,7 +170,31 @@ def remove_dev_record(path: Path) -> None:
         pass
 
 
-def run_dev(settings: Settings, with_services: bool = True, out=print) -> int:
+# service name -> its docker-compose service, the host of its scrape target in
+# deploy/prometheus/prometheus.yml
+COMPOSE_NAMES = {"worker": "worker", "scorer": "scorer", "monitor": "monitor",
+                 "controller": "retrain-controller"}
+
+
+def start_prometheus(stack: Stack, services: dict[str, str], port: int | None = None,
+                     interval: str = "1s") -> ManagedProcess:
+    """Prometheus scraping `services` (name -> ``http://host:port``) with docker-compose's jobs
+    and alert rules, its storage in ``$DRIFTLINE_DATA_DIR/prometheus``."""
+    targets = {COMPOSE_NAMES[name]: address.split("://", 1)[-1]
+               for name, address in services.items()}
+    data_dir = stack.settings.data_dir
+    proc = local_servers.start_prometheus(data_dir / "logs", data_dir / "prometheus", targets,
+                                          port=port, interval=interval)
+    stack.processes.append(proc)
+    stack.endpoints.append(("prometheus", f"{proc.address} (alert rules: /alerts)"))
+    return proc
+
+
+def run_dev(settings: Settings, with_services: bool = True, out=print,
+            prometheus: bool = False, prometheus_port: int | None = 9090) -> int:
+    if prometheus:  # fail before starting anything if it is missing
+        local_servers.prometheus_binary()
+        local_servers.deploy_dir()
     stack = start_servers(settings)
     stopping = []
 
@@ -189,6 +213,9 @@ def run_dev(settings: Settings, with_services: bool = True, out=print) -> int:
             names = ("worker", "scorer", "monitor", "controller")
             procs = start_services(stack, *names)
             services = {name: proc.address for name, proc in zip(names, procs, strict=True)}
+        if prometheus:
+            services["prometheus"] = start_prometheus(stack, dict(services),
+                                                      prometheus_port).address
         try:
             stack.endpoints.append(("record", str(write_dev_record(stack, services))))
         except OSError as exc:  # the stack works without it; other terminals need variables

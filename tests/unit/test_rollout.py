@@ -288,3 +288,27 @@ def test_direct_promotes_at_once():
     [event] = state.opening_events()
     assert isinstance(event, Promote) and event.candidate_version == 4
     assert set(state.route(np.array(["a", "b"]))[1]) == {4}
+
+
+def test_observe_together_decides_once_on_both_halves_of_the_same_rows():
+    """A shadow judged on the same rows as Production: one arm at a time can promote on
+    Production's half of a file alone (Production's errors on hard rows counted, the shadow's
+    on those rows not yet); together, every decision sees both halves of the same rows."""
+    rows = np.arange(300)
+    easy_prod, easy_shadow = rows % 20 == 0, rows % 20 == 1  # 5 % each
+    hard_prod, hard_shadow = rows % 2 == 0, rows % 20 < 9  # 50 % vs 45 %
+    # One arm at a time: the Production half of the hard file promotes the shadow.
+    apart = _state(_shadow(min_outcomes=300, margin=0.0))
+    assert apart.observe(PRODUCTION, easy_prod, np.zeros(0), now_ms=1) == []
+    assert apart.observe(SHADOW_ARM, easy_shadow, np.zeros(0), now_ms=1) == []
+    early = apart.observe(PRODUCTION, hard_prod, np.zeros(0), now_ms=2)
+    assert [type(e) for e in early] == [Promote]
+    # Together: 27.5 % vs 25 % over the same 600 rows is no confident win.
+    together = _state(_shadow(min_outcomes=300, margin=0.0))
+    for prod, shadow in ((easy_prod, easy_shadow), (hard_prod, hard_shadow)):
+        assert together.observe_together({PRODUCTION: (prod, np.zeros(0)),
+                                          SHADOW_ARM: (shadow, np.zeros(0))}, now_ms=3) == []
+    assert together.status == "running"
+    assert together.counts[PRODUCTION].outcomes == together.counts[SHADOW_ARM].outcomes == 600
+    with pytest.raises(ValueError, match="not part of a shadow rollout"):
+        together.observe_together({CANDIDATE: (np.zeros(1, bool), np.zeros(0))}, now_ms=9)
