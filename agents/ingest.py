@@ -21,7 +21,7 @@ from confluent_kafka import Message
 from driftline.adapters.batch_loop import MessageBatch, PartitionId
 from driftline.adapters.dead_letters import DeadLetterSink
 from driftline.adapters.kafka import CheckedProducer
-from driftline.adapters.metrics import MESSAGES_CONSUMED, RECORDS_DECODED
+from driftline.adapters.metrics import RECORDS_DECODED
 from driftline.core.event_time import EventTimeGuard
 
 
@@ -63,11 +63,11 @@ def decode_or_dead_letter(messages: Sequence[Message], decoder, dead_letters: De
                           ) -> tuple[list[Message], list[dict[str, Any]]]:
     """Decode one topic's `messages`; send each one that fails, and each record `guard` refuses
     at the clock's time (read once), to the DLQ with its reason. Returns the good messages and
-    their records, in order. Counts messages consumed and records decoded for the topic."""
+    their records, in order. Counts the records decoded for the topic (the batch loop counts
+    the messages consumed)."""
     if not messages:
         return [], []
     topic = messages[0].topic()
-    MESSAGES_CONSUMED.labels(topic).inc(len(messages))
     records, failures = decoder.decode_many([m.value() or b"" for m in messages])
     failed = {index for index, _ in failures}
     for index, error in failures:

@@ -43,6 +43,7 @@ from driftline.adapters.metrics import (
     JOIN_STATE_ROWS,
     LABEL_COVERAGE,
     LABEL_DELAY_SECONDS,
+    LABEL_TO_OUTCOME_SECONDS,
     OUTCOMES,
     UNMATCHED,
 )
@@ -77,6 +78,11 @@ MAX_SLICE_VALUES = 10  # slice values per attribute exported as metric labels (c
 JOIN, DETECTORS = "join", "detectors"
 
 
+# Every (detector, kind) a drift event can carry (driftline.core.monitoring.monitor).
+DETECTOR_KINDS = (("psi", "feature"), ("psi", "score"), ("psi", "slice"), ("psi", "label"),
+                  ("fairness", "fairness"), ("adwin", "error"), ("ddm", "error"))
+
+
 @dataclass(frozen=True)
 class MonitorTopics:
     predictions: str
@@ -93,6 +99,8 @@ class MonitorStage:
                  horizon_ms: int, label_guard: EventTimeGuard | None,
                  clock_ms: Callable[[], int], prediction_decoder: Decoder,
                  label_decoder: Decoder) -> None:
+        for detector, kind in DETECTOR_KINDS:  # at 0 from the start, so increase() sees the first
+            DRIFT_EVENTS.labels(detector, kind)
         self.topics = topics
         self.state = state
         self.offline = offline
@@ -201,6 +209,11 @@ class MonitorStage:
             log.warning("drift: %s", alarm.summary)
         self.producer.flush_or_raise()
         self.state.commit(txn)  # the commit point; then the outcome files are published
+        label_times = [m.timestamp()[1] for b in batches if b.topic == self.topics.labels
+                       for m in b.messages]
+        if label_times:
+            LABEL_TO_OUTCOME_SECONDS.observe_many(
+                time.time() - np.asarray(label_times, dtype=np.float64) / 1000)
         self.alarms += len(alarms)
         self._remember(alarms)
         BATCH_SECONDS.labels("monitor").observe(time.perf_counter() - start)

@@ -211,6 +211,9 @@ class RetrainController:
         self.jobs: dict[str, Job] = {}
         self.rollouts: dict[str, _Rollout] = {}
         self._load()
+        for model in registry.models():  # every series at 0, so increase() sees the first
+            for status in ("started", "retried", REGISTERED, REJECTED, FAILED):
+                RETRAIN_JOBS.labels(model, status)
 
     # -- state ------------------------------------------------------------------------------
 

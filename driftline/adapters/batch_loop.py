@@ -28,7 +28,12 @@ from typing import NamedTuple, Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from driftline.adapters.kafka import DeliveryFailed
-from driftline.adapters.metrics import BATCH_FAILURES, CONSUMER_LAG, DEPENDENCY_ERRORS
+from driftline.adapters.metrics import (
+    BATCH_FAILURES,
+    CONSUMER_LAG,
+    DEPENDENCY_ERRORS,
+    MESSAGES_CONSUMED,
+)
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +173,11 @@ class BatchLoop:
                     log.warning("consumer error on %s: %s", self.topic, err)
         if not messages:
             return
+        batches = group_by_partition(messages)
+        for batch in batches:  # every service counts what it consumed, by topic
+            MESSAGES_CONSUMED.labels(batch.topic).inc(len(batch.messages))
         try:
-            self.pipeline.process(group_by_partition(messages))
+            self.pipeline.process(batches)
         except Exception as exc:  # noqa: BLE001 - any failure is retried from known state
             BATCH_FAILURES.labels(self.topic, type(exc).__name__).inc()
             DEPENDENCY_ERRORS.labels(dependency_of(exc)).inc()
