@@ -66,6 +66,7 @@ from driftline.adapters.onnx_model import load_session, predict_scores
 from driftline.agents.ingest import wall_clock_ms
 from driftline.commands import local_servers
 from driftline.commands.local_servers import die_with_parent
+from driftline.core.atomic import atomic_write_json
 from driftline.core.codec.decoder import Decoder
 from driftline.core.codec.schema_set import SchemaSet
 from driftline.core.registry import ARCHIVED, PRODUCTION, STAGING, ModelRegistry, RegistryError
@@ -236,9 +237,7 @@ class RetrainController:
         state = {"triggers": {n: t.snapshot() for n, t in self.triggers.items()},
                  "jobs": {j: dataclasses.asdict(job) for j, job in self.jobs.items()},
                  "rollouts": {m: r.to_dict() for m, r in self.rollouts.items()}}
-        tmp = self.state_path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
-        os.replace(tmp, self.state_path)
+        atomic_write_json(self.state_path, state, indent=1, sort_keys=True)
 
     def status(self) -> dict[str, Any]:
         """Jobs, rollouts and recent decisions, for ``/health`` and ``driftline retrain``."""
@@ -352,9 +351,7 @@ class RetrainController:
                                "gates": cfg.gates_mapping()},
                 "shuffle_labels": job.shuffle_labels, "result_path": str(paths["result"]),
                 "lock_path": str(paths["lock"])}
-        tmp = paths["spec"].with_name(f".{paths['spec'].name}.tmp")
-        tmp.write_text(json.dumps(spec, indent=1))
-        os.replace(tmp, paths["spec"])
+        atomic_write_json(paths["spec"], spec, indent=1)
         self.runner.start(job, paths["spec"], paths["log"])
         job.launched = True
         RETRAIN_JOBS.labels(job.model_name, "started" if job.attempt == 1 else "retried").inc()
@@ -662,10 +659,9 @@ def request_job(root: Path, model_name: str, *, shuffle_labels: bool = False,
     request_id = uuid.uuid4().hex[:12]
     folder = root / "requests"
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{request_id}.tmp"
-    tmp.write_text(json.dumps({"request_id": request_id, "model_name": model_name,
-                               "shuffle_labels": shuffle_labels, "reason": reason}))
-    os.replace(tmp, folder / f"{request_id}.json")
+    atomic_write_json(folder / f"{request_id}.json", {
+        "request_id": request_id, "model_name": model_name, "shuffle_labels": shuffle_labels,
+        "reason": reason})
     return request_id
 
 

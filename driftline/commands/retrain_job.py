@@ -89,9 +89,7 @@ import fcntl
 import importlib
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -105,6 +103,7 @@ from sklearn.pipeline import Pipeline
 from driftline.adapters.offline_store import OfflineStore
 from driftline.adapters.onnx_model import load_session, predict_scores
 from driftline.commands.training import TrainingSet, reference_profile, to_onnx
+from driftline.core.atomic import atomic_write_json
 from driftline.core.features import FeatureView
 from driftline.core.monitoring.profile import ReferenceProfile
 from driftline.core.registry import ModelRegistry, ModelVersion
@@ -204,18 +203,9 @@ def _empty_result(spec: Mapping[str, Any], started_at_ms: int) -> dict[str, Any]
 
 
 def write_result(path: Path, result: Mapping[str, Any]) -> None:
-    """JSON to `path` through a temporary file and ``os.replace``: readers see all or nothing."""
+    """The result JSON, replaced atomically: the controller sees all of it or none."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(result, fh, indent=2, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write_json(path, result, indent=2, sort_keys=True)
 
 
 class _Run:

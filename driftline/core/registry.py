@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from driftline.core.atomic import atomic_write
+
 NONE, STAGING, PRODUCTION, ARCHIVED = "None", "Staging", "Production", "Archived"
 STAGES = (NONE, STAGING, PRODUCTION, ARCHIVED)
 _CHECKED_STAGES = (STAGING, PRODUCTION)  # entering these requires a matching feature schema
@@ -232,7 +234,7 @@ class ModelRegistry:
             if plan is None:
                 path.unlink(missing_ok=True)
             else:
-                _atomic_write(path, json.dumps(plan, indent=2, sort_keys=True).encode())
+                atomic_write(path, json.dumps(plan, indent=2, sort_keys=True).encode())
 
     def replace_reference_profile(self, name: str, version: int,
                                   profile: Mapping[str, Any]) -> None:
@@ -243,8 +245,8 @@ class ModelRegistry:
         with self._locked(name):
             current = folder / PROFILE_FILE
             if current.exists():
-                _atomic_write(folder / PREVIOUS_PROFILE_FILE, current.read_bytes())
-            _atomic_write(current, json.dumps(profile, sort_keys=True).encode())
+                atomic_write(folder / PREVIOUS_PROFILE_FILE, current.read_bytes())
+            atomic_write(current, json.dumps(profile, sort_keys=True).encode())
 
     def transition(
         self, name: str, version: int, to_stage: str, *, at_ms: int, reason: str,
@@ -300,7 +302,7 @@ class ModelRegistry:
             state["transitions"] += len(state["last"])
             # stages.json is the commit point; history is appended after it and, should a
             # crash land in between, completed from stages.json["last"] by the next writer.
-            _atomic_write(self._state_path(name), json.dumps(state, indent=2).encode())
+            atomic_write(self._state_path(name), json.dumps(state, indent=2).encode())
             with open(self.root / name / "history.jsonl", "a", encoding="utf-8") as fh:
                 fh.writelines(json.dumps(line) + "\n" for line in state["last"])
                 fh.flush()
@@ -397,19 +399,6 @@ class ModelRegistry:
 def _history_fields(line: Mapping[str, Any]) -> dict[str, Any]:
     keys = ("version", "from_stage", "to_stage", "at_ms", "reason", "rollback")
     return {k: line[k] for k in keys if k in line}
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _check_onnx(name: str, onnx_bytes: bytes, width: int) -> None:
