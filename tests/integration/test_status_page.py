@@ -17,12 +17,12 @@ import struct
 import subprocess
 import time
 import zlib
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
 from driftline.core.status_page import DRIFT_COLOUR, PALETTE
+from tests.dom import Dom
 from tests.integration.conftest import repo_root, start_monitor_process
 from tests.integration.helpers import get_json, wait_for
 from tests.integration.test_monitor import SHIFT_AT, SHIFTED, N, produce, stream
@@ -46,27 +46,6 @@ def chromium(profile: Path, *args: str) -> subprocess.CompletedProcess:
         [chromium_binary(), "--headless=new", "--no-sandbox", "--disable-gpu",
          "--no-proxy-server", "--hide-scrollbars", f"--user-data-dir={profile}", *args],
         capture_output=True, text=True, timeout=60, check=True)
-
-
-class Dom(HTMLParser):
-    """Chromium's serialised DOM as (tag, attributes) and text nodes."""
-
-    def __init__(self, page: str) -> None:
-        super().__init__()
-        self.elements: list[tuple[str, dict[str, str]]] = []
-        self.texts: list[str] = []
-        self.feed(page)
-
-    def handle_starttag(self, tag, attrs):
-        self.elements.append((tag, {k: v or "" for k, v in attrs}))
-
-    def handle_data(self, data):
-        self.texts.append(data)
-
-    def find(self, tag: str, cls: str | None = None, **data: str) -> list[dict[str, str]]:
-        return [a for t, a in self.elements if t == tag
-                and (cls is None or cls in a.get("class", "").split())
-                and all(a.get(f"data-{k.replace('_', '-')}") == v for k, v in data.items())]
 
 
 def png_pixels(path: Path) -> tuple[int, int, list[bytes]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from html.parser import HTMLParser
 
 from driftline.core.monitoring.history import DriftMark, GapReading, StatusHistory
 from driftline.core.status_page import (
@@ -17,40 +16,12 @@ from driftline.core.status_page import (
     status_json,
     top_series,
 )
+from tests.dom import Dom
 
 NOW = 1_700_000_000_000
 SHIFTED = "amount_max_1h"
 SUBJECTS = [f"f{i:02d}" for i in range(12)] + [SHIFTED, "score", "segment", "label"]
 DRIFT_ID = f"psi:fraud:1:{SHIFTED}:1699999990000"
-
-
-class Dom(HTMLParser):
-    """Every element as (tag, attributes) and every text node, in document order."""
-
-    def __init__(self, page: str) -> None:
-        super().__init__()
-        self.elements: list[tuple[str, dict[str, str]]] = []
-        self.texts: list[str] = []
-        self.feed(page)
-
-    def handle_starttag(self, tag, attrs):
-        self.elements.append((tag, {k: v or "" for k, v in attrs}))
-
-    handle_startendtag = handle_starttag
-
-    def handle_data(self, data):
-        self.texts.append(data)
-
-    def find(self, tag: str | None = None, cls: str | None = None, **attrs: str):
-        """Elements of `tag` with class `cls`; ``drift_id=`` matches ``data-drift-id`` (or
-        ``drift-id``)."""
-        def value(a: dict[str, str], key: str) -> str | None:
-            name = key.replace("_", "-")
-            return a.get(name, a.get(f"data-{name}"))
-
-        return [a for t, a in self.elements
-                if (tag is None or t == tag) and (cls is None or cls in a.get("class", "").split())
-                and all(value(a, k) == v for k, v in attrs.items())]
 
 
 def gap(attribute: str, metric: str, statistic: float, low: float, high: float,
