@@ -139,16 +139,24 @@ class OfflineStore:
         """Every published file under `base`, in name order (pending ones excluded)."""
         return sorted(base.glob("date=*/*.parquet")) if base.exists() else []
 
-    def read(self, base: Path) -> pa.Table:
+    def read(self, base: Path, columns: Sequence[str] | None = None,
+             where: ds.Expression | None = None, from_day: str | None = None) -> pa.Table:
         """Every published row under `base` (empty table when nothing was written). Pending
-        files are not read: a dataset over the folder would include them."""
-        files = sorted(str(path) for path in base.glob("date=*/*.parquet")) \
+        files are not read: a dataset over the folder would include them.
+
+        ``columns`` reads only those; ``where`` filters rows as they are read (a pyarrow
+        expression, pushed down to the Parquet row groups); ``from_day`` skips the ``date=``
+        folders before that day (`day_of`), so a reader of recent rows opens recent files only.
+        """
+        files = sorted(str(path) for path in base.glob("date=*/*.parquet")
+                       if from_day is None or path.parent.name >= f"date={from_day}") \
             if base.exists() else []
         if not files:
             return pa.table({})
         dataset = ds.dataset(files, format="parquet", partitioning="hive",
                              partition_base_dir=str(base))
-        return dataset.to_table()
+        return dataset.to_table(columns=None if columns is None else list(columns),
+                                filter=where)
 
 
 class PendingParquet:

@@ -97,10 +97,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.dataset as ds
 from sklearn.metrics import log_loss
 from sklearn.pipeline import Pipeline
 
-from driftline.adapters.offline_store import OfflineStore
+from driftline.adapters.offline_store import OfflineStore, day_of
 from driftline.adapters.onnx_model import load_session, predict_scores
 from driftline.commands.training import TrainingSet, reference_profile, to_onnx
 from driftline.core.atomic import atomic_write_json
@@ -345,7 +346,8 @@ class _Run:
         names = (*REQUIRED_COLUMNS, *view.feature_names, *view.slices)
         policy = self.config.data
         return build_retraining_data(
-            read_outcomes(store, names), model_name=self.job.model_name,
+            read_outcomes(store, names, since_ms=self.job.since_ms),
+            model_name=self.job.model_name,
             feature_names=view.feature_names, slice_names=view.slices,
             since_ms=self.job.since_ms, max_rows=policy.max_rows,
             holdout_fraction=policy.holdout_fraction)
@@ -448,18 +450,24 @@ def _listed(time_range: tuple[int, int] | None) -> list[int] | None:
 
 # -- outcomes and trainers ----------------------------------------------------------------------
 
-def read_outcomes(store: OfflineStore, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """`columns` of every published outcome row, from every outcomes folder of `store`,
-    concatenated. A folder holding rows without one of them is an error."""
+def read_outcomes(store: OfflineStore, columns: tuple[str, ...], *,
+                  since_ms: int | None = None) -> dict[str, np.ndarray]:
+    """`columns` of the published outcome rows, from every outcomes folder of `store`,
+    concatenated. Only those columns are read, and with `since_ms` only the day folders from
+    its day on, so a job's read grows with its window rather than with the store (the rows
+    of that first day before `since_ms` are read and counted as dropped ``before_since``). A
+    folder whose rows lack one of the columns is an error."""
+    from_day = None if since_ms is None else day_of(since_ms)
     parts: list[dict[str, np.ndarray]] = []
     for base in store.outcomes_dirs():
-        table = store.read(base)
-        if table.num_rows == 0:
-            continue
-        missing = [c for c in columns if c not in table.column_names]
+        head = store.read(base, from_day=from_day, where=ds.scalar(False))  # schema only
+        if not head.column_names:
+            continue  # nothing published there (yet)
+        missing = [c for c in columns if c not in head.column_names]
         if missing:
             raise ValueError(f"the outcomes in {base} lack the column(s) {', '.join(missing)}")
-        parts.append({c: table.column(c).to_numpy() for c in columns})
+        table = store.read(base, columns=columns, from_day=from_day)
+        parts.append({c: table.column(c).to_numpy(zero_copy_only=False) for c in columns})
     if not parts:
         return {c: np.zeros(0, dtype=object) for c in columns}
     return {c: np.concatenate([p[c] for p in parts]) for c in columns}

@@ -53,3 +53,20 @@ def test_settle_publishes_the_last_commit_and_removes_everything_else(tmp_path):
     assert sorted(store.read(base).column("offset").to_pylist()) == list(range(20))
     left = sorted(p.name for p in base.rglob("*.pending-*"))
     assert left == ["p1-00000000000000000000-00000000000000000004.parquet.pending-1"]
+
+
+def test_a_read_can_skip_earlier_days_columns_and_rows(tmp_path):
+    import pyarrow.dataset as ds
+
+    from driftline.adapters.offline_store import day_of
+
+    store = OfflineStore(tmp_path)
+    base = store.events_dir("t")
+    columns = rows(0, 3)
+    columns["event_time"] = np.array([0, 1, DAY_MS, DAY_MS + 1]) + 1_700_000_000_000
+    publish(store.write(base, 0, columns, pending_epoch=1))
+    second_day = day_of(1_700_000_000_000 + DAY_MS)
+    recent = store.read(base, columns=["offset"], from_day=second_day)
+    assert recent.column_names == ["offset"] and recent.column("offset").to_pylist() == [2, 3]
+    assert store.read(base, where=ds.field("offset") >= 1).num_rows == 3
+    assert store.read(base, from_day="2999-01-01").num_rows == 0
