@@ -74,6 +74,7 @@ def create_app(settings: Settings, pipeline: BatchPipeline, service: Service
         pipeline=pipeline,
         batch_size=settings.batch_size,
         batch_timeout_s=settings.batch_timeout_ms / 1000,
+        batch_linger_s=settings.batch_linger_ms / 1000,
     )
     reader = BatchReader(batches, loop=app.loop)
 

@@ -9,7 +9,10 @@ in a fresh consumer group over the same topic contents:
 1. the `driftline worker` process: from partitions assigned until the offsets it commits to Redis
    reach the end of every partition; then a latency phase at a fixed produce rate, with exact
    event-to-Redis latencies measured here (commit observed by polling the offsets hash) next to
-   the estimate from the worker's own histogram;
+   the estimate from the worker's own histogram; then (unless ``--no-predictions``) a
+   `driftline serve` scorer with a freshly trained model joins, and a second latency phase
+   measures event-to-store and event-to-prediction (event created to its prediction read from
+   the predictions topic) with both services running;
 2. `bench/peer_faust.py`: a bare Faust agent that only counts raw messages;
 3. `bench/peer_quix.py`: Quix Streams decoding the Avro and summing amount in a 1 h sliding
    window per entity.
@@ -35,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import redis
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from driftline.adapters import kafka
 from driftline.commands import local_servers
@@ -190,22 +193,109 @@ class CommitWatcher(threading.Thread):
             self.stop_event.wait(self.interval_s)
 
 
+class PredictionWatcher(threading.Thread):
+    """Reads the predictions topic from the start; the first time each event id was read."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(daemon=True, name="prediction-watcher")
+        # Measuring instrument: a short fetch wait so it adds little to what it measures.
+        self.consumer = Consumer(kafka.consumer_config(
+            settings, f"bench-predictions-{time.time_ns()}", **{"fetch.wait.max.ms": 10}))
+        self.consumer.assign([TopicPartition(settings.topic_predictions, p, 0)
+                              for p in range(settings.partitions)])
+        self.first_seen: dict[bytes, float] = {}
+        self.count = 0
+        self.last_read = 0.0  # monotonic time of the last message read
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.stop_event.is_set():
+                got = self.consumer.consume(1, 0.1)  # wait for one, then take what is there
+                if got:
+                    got += self.consumer.consume(10_000, 0)
+                now = time.time()
+                for m in got:
+                    if m.error() is None:
+                        self.first_seen.setdefault(first_string(m.value()), now)
+                        self.count += 1
+                if got:
+                    self.last_read = time.monotonic()
+        finally:
+            self.consumer.close()
+
+
+def first_string(single_object: bytes) -> bytes:
+    """The first field of a single-object Avro record (a string), without decoding the rest:
+    ``event_id`` of a TransactionEvent and of a Prediction."""
+    pos, shift, raw = 10, 0, 0
+    while True:  # zigzag varint length
+        byte = single_object[pos]
+        raw |= (byte & 0x7F) << shift
+        pos += 1
+        if byte < 0x80:
+            break
+        shift += 7
+    length = (raw >> 1) ^ -(raw & 1)
+    return single_object[pos:pos + length]
+
+
+def start_scorer(settings: Settings, args: argparse.Namespace, log_dir: Path
+                 ) -> tuple[ManagedProcess, PredictionWatcher]:
+    """A `driftline serve` scorer (model trained and promoted here) caught up with the features
+    topic, and a watcher of its predictions that has read them all."""
+    from bench_scoring import register, train
+    from bench_scoring import start_scorer as spawn_scorer
+
+    from driftline.core.features import load_definitions
+    from driftline.feature_defs import DEFINITIONS_DIR
+
+    view = load_definitions(DEFINITIONS_DIR).view("transactions_v1")
+    _, onnx_bytes, data = train(view, 20_000, args.seed)
+    register(settings.data_dir / "registry", view, onnx_bytes, data)
+    proc, _ = spawn_scorer(settings, log_dir)
+    watcher = PredictionWatcher(settings)
+    watcher.start()
+    deadline = time.monotonic() + args.timeout
+    # Caught up: predictions were read, and none for 2 s.
+    while watcher.count == 0 or time.monotonic() - watcher.last_read < 2.0:
+        if not proc.alive() or not watcher.is_alive() or time.monotonic() > deadline:
+            watcher.stop_event.set()
+            proc.stop()
+            raise RuntimeError(f"scorer did not catch up ({watcher.count:,} predictions read):"
+                               f"\n{proc.log_tail(20)}")
+        time.sleep(0.1)
+    return proc, watcher
+
+
 def latency_phase(settings: Settings, source: EventSource, n: int, rate: float,
                   client: redis.Redis, proc: ManagedProcess, poll_s: float,
-                  compression: str) -> dict:
-    """Produce n events at a fixed rate; exact per-event latency plus the histogram estimate."""
+                  compression: str, predictions: PredictionWatcher | None = None) -> dict:
+    """Produce n events at a fixed rate; exact per-event latency plus the histogram estimate,
+    and with `predictions`, each event's create time to the first read of its prediction."""
     metrics_url = f"{proc.address}/metrics"
     hist = "driftline_event_to_store_seconds"
-    messages = source.encoded(n)
+    messages = source.encoded(n + 1)  # the first one warms the producer up
     before = scrape_histogram(metrics_url, hist)
     delivered: list[tuple[int, int, int]] = []  # partition, offset, create time (ms)
+    created: dict[bytes, int] = {}  # event id -> create time (ms), with `predictions`
 
     def on_delivery(err, msg) -> None:
         if err is None:
             delivered.append((msg.partition(), msg.offset(), msg.timestamp()[1]))
+            if predictions is not None:
+                created[first_string(msg.value())] = msg.timestamp()[1]
 
     producer = Producer(kafka.producer_config(settings, on_delivery=on_delivery,
                                               **{"compression.type": compression}))
+    # Connect before the clock starts: a new producer holds its first messages until it has
+    # metadata and a connection to the leader, and the events stamped meanwhile would arrive as
+    # one burst already hundreds of ms old (a producer's start-up, not the worker's latency).
+    warm_key, warm_value = messages.pop(0)
+    producer.produce(settings.topic_events, warm_value, key=warm_key)
+    producer.flush(30)
+    delivered.clear()
+    created.clear()
     watcher = CommitWatcher(client, settings, poll_s)
     watcher.start()
     try:
@@ -226,6 +316,11 @@ def latency_phase(settings: Settings, source: EventSource, n: int, rate: float,
         for p, offset, _ in delivered:
             ends[p] = max(ends.get(p, 0), offset + 1)
         caught_up_at = wait_caught_up(client, settings, ends, proc, timeout=300)
+        if predictions is not None:  # every event's prediction read, or the timeout
+            deadline = time.monotonic() + 120
+            while any(i not in predictions.first_seen for i in created) and \
+                    time.monotonic() < deadline:
+                time.sleep(0.1)
     finally:
         watcher.stop_event.set()
         watcher.join(5)
@@ -233,7 +328,15 @@ def latency_phase(settings: Settings, source: EventSource, n: int, rate: float,
     watcher.polls.append((caught_up_at, ends))
     after = scrape_histogram(metrics_url, hist)
     exact = _exact_latencies(delivered, watcher.polls)
-    return {
+    extra = {}
+    if predictions is not None:
+        to_prediction = np.array([predictions.first_seen[i] - ts / 1000
+                                  for i, ts in created.items() if i in predictions.first_seen])
+        extra = {"pred_p50": float(np.percentile(to_prediction, 50)),
+                 "pred_p99": float(np.percentile(to_prediction, 99)),
+                 "pred_max": float(to_prediction.max()), "pred_measured": len(to_prediction),
+                 "pred_expected": len(created)}
+    return {**extra,
         "events": n, "rate": rate, "achieved_rate": achieved,
         "exact_p50": float(np.percentile(exact, 50)), "exact_p99": float(np.percentile(exact, 99)),
         "exact_max": float(exact.max()), "measured": len(exact),
@@ -304,6 +407,9 @@ def main() -> None:
                         help="events/s in the latency phase; 0 = skip the phase; default: "
                              "20,000 or half the worker's measured throughput if that is lower "
                              "(above capacity, latency only measures the growing queue)")
+    parser.add_argument("--no-predictions", dest="predictions", action="store_false",
+                        help="skip the second latency phase (scorer running, "
+                             "event-to-prediction)")
     parser.add_argument("--poll-ms", type=float, default=2.0,
                         help="how often the latency phase reads the committed offsets")
     parser.add_argument("--compression", default="none",
@@ -329,7 +435,9 @@ def main() -> None:
                             redis_url=redis_server.address, data_dir=run_dir / "data",
                             partitions=args.partitions, batch_size=args.batch_size,
                             worker_port=local_servers.free_port(), topic_events="bench.events",
-                            topic_features="bench.features", group_features="bench-driftline")
+                            topic_features="bench.features", group_features="bench-driftline",
+                            topic_predictions="bench.predictions", group_scorer="bench-scorer",
+                            scorer_port=local_servers.free_port())
         kafka.create_topics(settings)
 
         source = EventSource(args.entities, args.seed)
@@ -418,6 +526,10 @@ def measure_driftline(settings: Settings, args: argparse.Namespace, run_dir: Pat
                 f"{lat['exact_max'] * 1000:,.0f} ms). The histogram estimate interpolates "
                 f"inside the worker's `driftline_event_to_store_seconds` buckets.")
             print(notes[-1], flush=True)
+            if args.predictions:
+                notes.append(scored_latency_phase(settings, args, run_dir, client, source,
+                                                  latency_rate, proc))
+                print(notes[-1], flush=True)
         return Row("Driftline feature worker", per_event, rate, latency, command)
     except (RuntimeError, TimeoutError) as exc:
         print(f"driftline failed: {exc}", flush=True)
@@ -425,6 +537,31 @@ def measure_driftline(settings: Settings, args: argparse.Namespace, run_dir: Pat
         return Row("Driftline feature worker", per_event, None, "", command)
     finally:
         proc.stop()
+
+
+def scored_latency_phase(settings: Settings, args: argparse.Namespace, run_dir: Path,
+                         client: redis.Redis, source: EventSource, rate: float,
+                         worker: ManagedProcess) -> str:
+    """The second latency phase, with a scorer running: event-to-store and event-to-prediction."""
+    scorer, predictions = start_scorer(settings, args, run_dir / "logs")
+    try:
+        lat = latency_phase(settings, source, args.latency_events, rate, client, worker,
+                            args.poll_ms / 1000, args.compression, predictions)
+    finally:
+        predictions.stop_event.set()
+        predictions.join(5)
+        scorer.stop()
+    return (f"With the scorer running (`driftline serve`, batch size {settings.batch_size:,}, "
+            f"a model trained and promoted by the bench), {lat['events']:,} more events at "
+            f"{lat['rate']:,.0f}/s target ({lat['achieved_rate']:,.0f}/s achieved): "
+            f"**event-to-store p50 / p99 {lat['exact_p50'] * 1000:,.0f} / "
+            f"{lat['exact_p99'] * 1000:,.0f} ms** (max {lat['exact_max'] * 1000:,.0f} ms); "
+            f"**event-to-prediction p50 / p99 {lat['pred_p50'] * 1000:,.0f} / "
+            f"{lat['pred_p99'] * 1000:,.0f} ms** (max {lat['pred_max'] * 1000:,.0f} ms; "
+            f"{lat['pred_measured']:,} of {lat['pred_expected']:,} events' predictions read). "
+            f"Event-to-prediction = event create time to the first read of its prediction "
+            f"(by event id) on the predictions topic by a consumer assigned to every partition "
+            f"(fetch.wait.max.ms 10).")
 
 
 def measure_peer(system: str, per_event: str, script: str, extra: list[str], run_dir: Path,

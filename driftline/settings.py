@@ -83,7 +83,11 @@ class Settings:
     batch_size: int = _setting(
         "DRIFTLINE_BATCH_SIZE", 10000, "most messages taken from Kafka in one batch")
     batch_timeout_ms: int = _setting(
-        "DRIFTLINE_BATCH_TIMEOUT_MS", 100, "longest wait to fill a batch")
+        "DRIFTLINE_BATCH_TIMEOUT_MS", 100, "longest wait for the first message of a batch")
+    batch_linger_ms: int = _setting(
+        "DRIFTLINE_BATCH_LINGER_MS", 0,
+        "after a batch's first message, how long to wait for more; 0 = take what has arrived "
+        "(batches still grow to DRIFTLINE_BATCH_SIZE under load)")
     redis_ttl_s: int = _setting(
         "DRIFTLINE_REDIS_TTL_S", 7 * 24 * 3600, "TTL of online feature keys; 0 = no expiry")
     worker_host: str = _setting("DRIFTLINE_WORKER_HOST", "127.0.0.1", "feature worker HTTP host")

@@ -101,7 +101,8 @@ def run_scorer(settings: Settings) -> int:
         shadow_topic=settings.topic_shadow)
     loop = BatchLoop(lambda: kafka.make_consumer(settings, settings.group_scorer),
                      settings.topic_features, pipeline, settings.batch_size,
-                     settings.batch_timeout_ms / 1000, max_backoff_s=5.0)
+                     settings.batch_timeout_ms / 1000, max_backoff_s=5.0,
+                     batch_linger_s=settings.batch_linger_ms / 1000)
     watcher = ModelWatcher(settings, holder, schemas)
     online = AsyncRedisOnlineReader.from_url(settings.redis_url_or_fail,
                                              settings.redis_timeout_ms / 1000)

@@ -11,6 +11,12 @@ Several topics are consumed by one consumer in one group: with the same partitio
 key on each (co-partitioned, as predictions and labels are by entity), partition p of every
 topic is assigned to the same consumer (the range assignor), so a stage can join them.
 Offsets are committed to Kafka only after ``process`` returns, so a crash replays, never skips.
+Batches adapt to load: a batch is what has arrived, not a fixed count. The loop waits (up to
+``batch_timeout_s``) for the first message, then takes whatever else the consumer has already
+fetched, at most ``batch_size`` (and, with ``batch_linger_s``, what arrives that much longer).
+At low and medium rates a batch is the events that came in while the previous one was being
+processed, so an event waits about one batch cycle; at full load the fetch queue is always full
+and batches grow to ``batch_size``, for throughput.
 When ``process`` raises (Redis or Kafka unreachable, say), the loop backs off, rebuilds the
 pipeline's state for its partitions and rewinds to where that state ends: nothing is lost and
 nothing is applied twice, however long the outage.
@@ -77,13 +83,14 @@ def group_by_partition(messages: Sequence[Message]) -> list[MessageBatch]:
 class BatchLoop:
     def __init__(self, consumer_factory: Callable[[], Consumer], topics: str | Sequence[str],
                  pipeline: BatchPipeline, batch_size: int, batch_timeout_s: float,
-                 max_backoff_s: float = 30.0) -> None:
+                 max_backoff_s: float = 30.0, batch_linger_s: float = 0.0) -> None:
         self._consumer_factory = consumer_factory
         self.topics = [topics] if isinstance(topics, str) else list(topics)
         self.topic = ",".join(self.topics)  # for logs and /health
         self.pipeline = pipeline
         self.batch_size = batch_size
-        self.batch_timeout_s = batch_timeout_s
+        self.batch_timeout_s = batch_timeout_s  # longest wait for a batch's first message
+        self.batch_linger_s = batch_linger_s  # then how long to wait for more (0: no wait)
         self.max_backoff_s = max_backoff_s
         self.assigned: set[PartitionId] = set()
         self.batches = 0
@@ -162,8 +169,21 @@ class BatchLoop:
         log.info("revoked %s", ids)
 
     # -- the loop ----------------------------------------------------------------------------
+    def _consume(self, consumer: Consumer) -> list[Message]:
+        """The next batch: up to ``batch_size`` messages, without waiting for it to fill.
+
+        ``consume(n, timeout)`` returns only when it has n messages or the timeout expired, so
+        asking for a full batch made every batch below ``batch_size`` wait the whole timeout.
+        Instead: wait for one message, then take what is already in the fetch queue.
+        """
+        raw = consumer.consume(num_messages=1, timeout=self.batch_timeout_s)
+        if raw and self.batch_size > 1:
+            raw += consumer.consume(num_messages=self.batch_size - 1,
+                                    timeout=self.batch_linger_s)
+        return raw
+
     def _step(self, consumer: Consumer) -> None:
-        raw = consumer.consume(num_messages=self.batch_size, timeout=self.batch_timeout_s)
+        raw = self._consume(consumer)
         self._measure_lag(consumer)
         messages = [m for m in raw if m.error() is None]
         if len(messages) != len(raw):
