@@ -44,6 +44,7 @@ from driftline.adapters import kafka
 from driftline.commands import local_servers
 from driftline.commands.dev_stack import wait_healthy
 from driftline.commands.local_servers import ManagedProcess
+from driftline.core.codec.feature_records import leading_string
 from driftline.core.codec.schema_set import SchemaSet
 from driftline.core.codec.single_object import encode
 from driftline.core.demo_events import DemoConfig, DemoGenerator
@@ -217,27 +218,12 @@ class PredictionWatcher(threading.Thread):
                 now = time.time()
                 for m in got:
                     if m.error() is None:
-                        self.first_seen.setdefault(first_string(m.value()), now)
+                        self.first_seen.setdefault(leading_string(m.value()), now)
                         self.count += 1
                 if got:
                     self.last_read = time.monotonic()
         finally:
             self.consumer.close()
-
-
-def first_string(single_object: bytes) -> bytes:
-    """The first field of a single-object Avro record (a string), without decoding the rest:
-    ``event_id`` of a TransactionEvent and of a Prediction."""
-    pos, shift, raw = 10, 0, 0
-    while True:  # zigzag varint length
-        byte = single_object[pos]
-        raw |= (byte & 0x7F) << shift
-        pos += 1
-        if byte < 0x80:
-            break
-        shift += 7
-    length = (raw >> 1) ^ -(raw & 1)
-    return single_object[pos:pos + length]
 
 
 def start_scorer(settings: Settings, args: argparse.Namespace, log_dir: Path
@@ -284,7 +270,7 @@ def latency_phase(settings: Settings, source: EventSource, n: int, rate: float,
         if err is None:
             delivered.append((msg.partition(), msg.offset(), msg.timestamp()[1]))
             if predictions is not None:
-                created[first_string(msg.value())] = msg.timestamp()[1]
+                created[leading_string(msg.value())] = msg.timestamp()[1]
 
     producer = Producer(kafka.producer_config(settings, on_delivery=on_delivery,
                                               **{"compression.type": compression}))

@@ -53,6 +53,7 @@ from driftline.commands.dev_stack import wait_healthy
 from driftline.commands.local_servers import ManagedProcess
 from driftline.commands.training import build_model, demo_training_set, to_onnx
 from driftline.core.codec.decoder import Decoder
+from driftline.core.codec.feature_records import leading_string
 from driftline.core.codec.schema_set import SchemaSet
 from driftline.core.codec.single_object import encode
 from driftline.core.demo_events import DemoConfig, DemoGenerator
@@ -293,20 +294,6 @@ class Stopwatch:
         self.totals[self.stage] = self.totals.get(self.stage, 0.0) + elapsed
 
 
-def event_id(prediction: bytes) -> bytes:
-    """The first field of a single-object Prediction (a string), without decoding the rest."""
-    pos, shift, raw = 10, 0, 0
-    while True:  # zigzag varint length
-        byte = prediction[pos]
-        raw |= (byte & 0x7F) << shift
-        pos += 1
-        if byte < 0x80:
-            break
-        shift += 7
-    length = (raw >> 1) ^ -(raw & 1)
-    return prediction[pos:pos + length]
-
-
 def stage_breakdown(settings: Settings, view: FeatureView, registry_root: Path,
                     messages: list, batch: int) -> tuple[list[tuple[str, float]], float, str]:
     """Per-record microseconds of each stage of ``ScoringPipeline.process``, replayed here."""
@@ -488,7 +475,7 @@ def main() -> int:
         started.append(scorer)
         broker_cpu = cpu_seconds(started[0].proc.pid)
         predictions = fetch(settings, settings.topic_predictions, args.records + 1)
-        ids = {event_id(m.value()) for m in predictions}
+        ids = {leading_string(m.value()) for m in predictions}
         prediction_bytes = sum(len(m.value()) for m in predictions) / max(len(predictions), 1)
         mark = len(report)
         report += [

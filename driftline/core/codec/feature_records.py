@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from driftline.core.codec.schema_set import SchemaSet, default_schema_set
-from driftline.core.codec.single_object import header
+from driftline.core.codec.single_object import HEADER_SIZE, header
 
 SCHEMA = "driftline.FeatureRecord"
 
@@ -149,6 +149,14 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
         if not byte & 0x80:
             return (result >> 1) ^ -(result & 1), pos
         shift += 7
+
+
+def leading_string(single_object: bytes) -> bytes:
+    """The first field of a single-object record whose first field is a string (``event_id``
+    of a TransactionEvent, a FeatureRecord, a Prediction), without decoding the rest: for
+    tools that only need to recognise a record, such as the benchmarks' latency readers."""
+    length, pos = _read_varint(single_object, HEADER_SIZE)
+    return single_object[pos:pos + length]
 
 
 def _string_span(data: bytes, pos: int) -> tuple[int, int]:

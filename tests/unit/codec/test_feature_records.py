@@ -150,3 +150,15 @@ def test_reader_gives_each_fast_record_its_entity_id_and_take_selects_rows():
         [fast.values[k] for k in rows])
     np.testing.assert_array_equal(part.matrix, fast.matrix[rows])
     assert FeatureRecordReader("v", "0123456789ab", NAMES).read([b"garbage"]).entity_ids == []
+
+
+def test_leading_string_reads_the_event_id_alone():
+    from driftline.core.codec.feature_records import leading_string
+    from driftline.core.codec.single_object import encode
+
+    long_id = "ev-" + "é" * 100  # a two-byte varint length
+    for event_id in ("ev-1", long_id):
+        record = {"event_id": event_id, "entity_id": "c", "event_time": 1, "score": 0.1,
+                  "decision": False, "threshold": 0.5, "model_name": "f", "model_version": 1,
+                  "view": "v", "view_version": "1"}
+        assert leading_string(encode("driftline.Prediction", record)) == event_id.encode()
