@@ -41,6 +41,7 @@ class Service:
     topics: tuple[str, ...]
     host: str
     port: int
+    linger_ms: int | None = None  # after a batch's first message; None: DRIFTLINE_BATCH_LINGER_MS
 
     @classmethod
     def worker(cls, settings: Settings) -> Service:
@@ -49,8 +50,13 @@ class Service:
 
     @classmethod
     def monitor(cls, settings: Settings) -> Service:
+        # The monitor fills its batches (up to the batch timeout) instead of taking what has
+        # arrived: its detectors read predictions in arrival order, and a backlog fetched one
+        # partition at a time in small batches reaches them partition by partition, which can
+        # make one change look like several (README, Known limits). Freshness matters less here.
         return cls(settings.group_monitor, (settings.topic_predictions, settings.topic_labels),
-                   settings.monitor_host, settings.monitor_port)
+                   settings.monitor_host, settings.monitor_port,
+                   linger_ms=settings.batch_timeout_ms)
 
 
 def create_app(settings: Settings, pipeline: BatchPipeline, service: Service
@@ -74,7 +80,8 @@ def create_app(settings: Settings, pipeline: BatchPipeline, service: Service
         pipeline=pipeline,
         batch_size=settings.batch_size,
         batch_timeout_s=settings.batch_timeout_ms / 1000,
-        batch_linger_s=settings.batch_linger_ms / 1000,
+        batch_linger_s=(settings.batch_linger_ms if service.linger_ms is None
+                        else service.linger_ms) / 1000,
     )
     reader = BatchReader(batches, loop=app.loop)
 
