@@ -151,11 +151,6 @@ class SubprocessJobs:
             return True
         return lock_held(lock_path)
 
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-
 
 def lock_held(path: Path) -> bool:
     """Whether another process holds an exclusive ``flock`` on `path`."""
@@ -297,13 +292,12 @@ class RetrainController:
             except (OSError, ValueError):
                 continue  # being written: rename makes it whole, so this is a stray file
             model = str(request["model_name"])
-            if not self._trigger(model).start_by_hand(model):
-                self._decided(f"request {request['request_id']} for {model} refused: a job "
-                              "for it is already running")
-            elif self.registry.production(model) is None:
-                self._trigger(model).job_ended(model, self.clock_ms())
+            if self.registry.production(model) is None:
                 self._decided(f"request {request['request_id']} refused: {model} has no "
                               "Production version to retrain")
+            elif not self._trigger(model).start_by_hand(model):
+                self._decided(f"request {request['request_id']} for {model} refused: a job "
+                              "for it is already running")
             else:
                 self._start_job(model, [], since_ms=None,
                                 reason=str(request.get("reason") or "requested by hand"),
@@ -333,12 +327,16 @@ class RetrainController:
                   shuffle_labels=shuffle_labels, request_id=request_id,
                   parent_version=None if production is None else production.version)
         self.jobs[job.job_id] = job  # launched by the next tick, from the ticker's thread
-        self._publish([lineage_record(
-            "job_started", model, 0, at_ms=now, reason=reason, job_id=job.job_id,
-            drift_ids=drift_ids, parent_version=job.parent_version,
-            details={"attempt": job.attempt, "since_ms": since_ms,
-                     "shuffle_labels": shuffle_labels})])
+        self._announce_attempt(job)
         return job
+
+    def _announce_attempt(self, job: Job) -> None:
+        """The ``job_started`` lineage record of the job's current attempt."""
+        self._publish([lineage_record(
+            "job_started", job.model_name, 0, at_ms=self.clock_ms(), reason=job.reason,
+            job_id=job.job_id, drift_ids=job.drift_ids, parent_version=job.parent_version,
+            details={"attempt": job.attempt, "since_ms": job.since_ms,
+                     "shuffle_labels": job.shuffle_labels})])
 
     def _launch(self, job: Job) -> None:
         cfg = self.config.for_model(job.model_name)
@@ -378,10 +376,7 @@ class RetrainController:
                     job.attempt += 1
                     job.reason = f"retry after an interrupted attempt {job.attempt - 1}"
                     self._launch(job)
-                    self._publish([lineage_record(
-                        "job_started", job.model_name, 0, at_ms=self.clock_ms(),
-                        reason=job.reason, job_id=job.job_id, drift_ids=job.drift_ids,
-                        parent_version=job.parent_version, details={"attempt": job.attempt})])
+                    self._announce_attempt(job)
                 else:
                     self._finish(job, {"status": FAILED, "version": None, "error": (
                         f"interrupted {job.attempt} times without a result (see "
@@ -441,6 +436,7 @@ class RetrainController:
                              candidate_version=int(job.version), started_ms=now)
         if policy.kind == DIRECT or production is None:
             self._promote(job, state, "direct rollout: promoted once its gates passed")
+            self._trigger(model).job_ended(model, now)
             return
         transition = self.registry.transition(model, job.version, STAGING, at_ms=now,
                                               reason=f"{policy.kind} rollout of job {job.job_id}",
@@ -571,23 +567,26 @@ class RetrainController:
             parent_version=job.parent_version, training_range=(job.result or {}).get(
                 "training_range"))])
         self._decided(f"{model} v{state.candidate_version} promoted: {reason}")
-        self._trigger(model).job_ended(model, now)
 
     def _export_rollout(self, model: str) -> None:
-        """The running rollout's share and per-arm counts as gauges (removed when it ends)."""
-        for gauge, labels in self._exported.pop(model, []):
-            gauge.remove(*labels)
+        """The running rollout's share and per-arm counts as gauges (removed when it ends).
+        Current series are updated in place, so a scrape never finds one missing."""
         rollout = self.rollouts.get(model)
-        if rollout is None:
-            return
-        state = rollout.state
-        series = [(ROLLOUT_SHARE, (model, state.policy.kind), state.share)]
-        for arm, counts in state.counts.items():
-            series += [(ROLLOUT_OUTCOMES, (model, arm), counts.outcomes),
-                       (ROLLOUT_ERRORS, (model, arm), counts.errors)]
+        series = []
+        if rollout is not None:
+            state = rollout.state
+            series = [(ROLLOUT_SHARE, (model, state.policy.kind), state.share)]
+            for arm, counts in state.counts.items():
+                series += [(ROLLOUT_OUTCOMES, (model, arm), counts.outcomes),
+                           (ROLLOUT_ERRORS, (model, arm), counts.errors)]
         for gauge, labels, value in series:
             gauge.labels(*labels).set(value)
-        self._exported[model] = [(gauge, labels) for gauge, labels, _ in series]
+        current = [(gauge, labels) for gauge, labels, _ in series]
+        for gauge, labels in self._exported.pop(model, []):
+            if (gauge, labels) not in current:
+                gauge.remove(*labels)
+        if current:
+            self._exported[model] = current
 
     def _end_rollout(self, model: str) -> None:
         self.rollouts.pop(model, None)
@@ -630,9 +629,9 @@ class RetrainController:
             changed = self._poll_requests()
             changed |= self._poll_jobs()
             changed |= self._advance_rollouts()
-            for model in self.rollouts:
-                self._export_rollout(model)
             if changed:
+                for model in self.rollouts:
+                    self._export_rollout(model)
                 self._save()
 
 
@@ -689,7 +688,8 @@ class DriftPipeline:
         records, failures = self.decoder.decode_many([m.value() or b"" for m in messages])
         for i, error in failures:
             self.dead_letters.send(messages[i], error.reason, error.detail)
-        self.dead_letters.producer.flush()
+        if failures:  # delivered before the offsets past them are committed
+            self.dead_letters.producer.flush_or_raise()
         self.controller.offer(records)
         self.events += len(records)
 

@@ -388,3 +388,15 @@ def test_jobs_gates_and_rollouts_are_exported_as_metrics(env):
     controller.tick()  # rolled back: the rollout's series are gone
     assert sample("driftline_rollout_share", model="fraud", kind="canary") is None
     assert sample("driftline_rollout_outcomes", model="fraud", arm="candidate") is None
+
+
+def test_a_refused_request_starts_no_cooldown(env):
+    controller = env["make"]()
+    registry = env["registry"]
+    registry.transition("fraud", 1, "Archived", at_ms=5, reason="test", current_views=VIEWS)
+    request_job(controller.root, "fraud")
+    controller.tick()
+    assert not controller.jobs and "no Production version" in controller.decisions[-1]
+    registry.promote("fraud", 1, at_ms=6, reason="test", current_views=VIEWS)
+    controller.offer([drift("d1")])  # not "cooling down": nothing ran
+    assert len(controller.jobs) == 1, controller.decisions[-1]
