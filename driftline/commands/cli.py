@@ -65,7 +65,7 @@ def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_retrain_controller(args: argparse.Namespace, settings: Settings) -> int:
-    from driftline.agents.retrain_controller import run_controller
+    from driftline.agents.retrain_service import run_controller
 
     return run_controller(settings)
 
