@@ -9,12 +9,15 @@ For each consumed batch, in this order:
 4. one transaction of the partition state (``core/state.py``) commits the online values, each
    engine's state delta and the next offsets, fenced by the partitions' ownership epochs;
 5. the pending Parquet files are published.
-Step 4 is the commit point. On assignment the partition state claims each partition, the
-engines are rebuilt from their state logs, the Parquet files are settled against the last
-commit, and consumption resumes at the committed offset: a crash, an outage or a rebalance at
-any point neither loses nor double-counts an event in Redis or Parquet. The features topic is
-at-least-once: records of a batch that did not commit are produced again, identical, and carry
-``event_id`` for de-duplication.
+Step 4 is the commit point. The stage runs in three calls so that the batch loop can compute
+batch N+1 (``prepare``: steps 1 and 2) while batch N's records are being acknowledged
+(``send``: step 3), before it commits N (``finish``: steps 4 and 5); ``process`` does all three.
+On assignment the partition state claims each partition, the engines are rebuilt from their
+state logs, the Parquet files are settled against the last commit, and consumption resumes at
+the committed offset: a crash, an outage or a rebalance at any point neither loses nor
+double-counts an event in Redis or Parquet. The features topic is at-least-once: records of a
+batch that did not commit are produced again, identical, and carry ``event_id`` for
+de-duplication.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -95,12 +99,21 @@ class FeatureStage:
     def process(self, batches: Sequence[PartitionBatch]) -> None:
         """All partitions of one consumed batch, committed by one state transaction, which
         raises ``Fenced`` if another worker has claimed one of them since."""
+        staged = self.prepare(batches)
+        if staged is not None:
+            self.send(staged)
+            self.finish(staged)
+
+    def prepare(self, batches: Sequence[PartitionBatch]) -> StagedFeatures | None:
+        """Steps 1 and 2 and the encoding of step 3: everything but sending and committing.
+        The engines have applied the batch when this returns; if it is never committed the
+        batch loop rebuilds them from the committed state."""
         start = time.perf_counter()
         batches = [b for b in batches if b.records or b.consumed is not None]
         if not batches:
-            return
-        txn = self.state.begin(b.partition for b in batches)
-        rows = late = 0
+            return None
+        staged = StagedFeatures(self.state.begin(b.partition for b in batches))
+        txn = staged.txn
         for batch in batches:
             p = batch.partition
             if batch.records:  # else only dead letters: the offsets still move past them
@@ -108,25 +121,41 @@ class FeatureStage:
                 txn.pending += self.offline.write(self.offline.events_dir(self.topic), p,
                                                   _event_columns(batch), txn.epochs[p])
                 for view in self.views:
-                    applied = self._process_view(view, batch, offsets, txn)
-                    rows += applied
-                    late += len(batch.records) - applied
+                    applied = self._process_view(view, batch, offsets, staged)
+                    staged.rows += applied
+                    staged.late += len(batch.records) - applied
             txn.consumed(self.topic, p, *batch.consumed_range)
+        staged.append_times_ms = np.concatenate(
+            [np.asarray(b.append_times_ms, dtype=np.float64) for b in batches])
+        staged.seconds = time.perf_counter() - start
+        return staged
+
+    def send(self, staged: StagedFeatures) -> None:
+        """Step 3: produce the batch's FeatureRecords (not yet acknowledged)."""
+        produce, topic = self.producer.produce, self.features_topic
+        for n, (message, key) in enumerate(staged.records):
+            produce(topic, message, key=key)
+            if n % 5000 == 4999:
+                self.producer.poll(0)  # serve delivery reports before the queue fills
+
+    def finish(self, staged: StagedFeatures) -> None:
+        """Steps 4 and 5: once every record is acknowledged, the commit point."""
+        start = time.perf_counter()
         self.producer.flush_or_raise()
-        self.state.commit(txn)  # the commit point; then the pending files are published
-        self.rows += rows
-        self.late += late
+        self.state.commit(staged.txn)  # the commit point; then the pending files are published
+        self.rows += staged.rows
+        self.late += staged.late
         now_ms = time.time() * 1000
-        appended = np.concatenate([np.asarray(b.append_times_ms, dtype=np.float64)
-                                   for b in batches])
-        if len(appended):
-            EVENT_TO_STORE_SECONDS.observe_many(np.maximum(now_ms - appended, 0) / 1000)
-        BATCH_SECONDS.labels("features").observe(time.perf_counter() - start)
+        if len(staged.append_times_ms):
+            EVENT_TO_STORE_SECONDS.observe_many(
+                np.maximum(now_ms - staged.append_times_ms, 0) / 1000)
+        BATCH_SECONDS.labels("features").observe(staged.seconds + time.perf_counter() - start)
 
     def _process_view(self, view: FeatureView, batch: PartitionBatch, offsets: np.ndarray,
-                      txn: Transaction) -> int:
-        """Compute, archive and produce one view's rows; add its online values and state delta
-        to `txn`. Returns the number of events applied."""
+                      staged: StagedFeatures) -> int:
+        """Compute, archive and encode one view's rows; add its online values and state delta
+        to the transaction. Returns the number of events applied."""
+        txn = staged.txn
         engine = self.engines[(view.name, batch.partition)]
         events = EventBatch.from_records(batch.records, offsets, view)
         result = engine.process(events)
@@ -143,15 +172,16 @@ class FeatureStage:
             self.offline.features_dir(view.name), batch.partition,
             _feature_columns(view, batch, offsets, result.values, applied),
             txn.epochs[batch.partition])
-        self._produce(view, batch, result.values, applied)
+        staged.records += self._encode(view, batch, result.values, applied)
         txn.write_online(OnlineWrite(
             view.name, view.version, tuple(view.feature_names), result.online_entity.tolist(),
             result.online_values, result.online_event_time_ms.tolist()))
         self.state.append(txn, batch.partition, view.name, result.state_delta, engine.snapshot)
         return len(applied)
 
-    def _produce(self, view: FeatureView, batch: PartitionBatch, values: np.ndarray,
-                 applied: np.ndarray) -> None:
+    def _encode(self, view: FeatureView, batch: PartitionBatch, values: np.ndarray,
+                applied: np.ndarray) -> list[tuple[bytes, bytes]]:
+        """The view's FeatureRecords of the applied events, as (value, key) pairs."""
         encoder = self.encoders.get(view.name)
         if encoder is None:
             encoder = self.encoders[view.name] = FeatureRecordEncoder(
@@ -162,11 +192,19 @@ class FeatureStage:
         messages = encoder.encode_batch(
             [r["event_id"] for r in records], entities, [r[time_field] for r in records],
             values[applied], [[str(r[s]) for r in records] for s in view.slices])
-        produce, topic = self.producer.produce, self.features_topic
-        for n, (message, entity) in enumerate(zip(messages, entities, strict=True)):
-            produce(topic, message, key=entity.encode())
-            if n % 5000 == 4999:
-                self.producer.poll(0)  # serve delivery reports before the queue fills
+        return list(zip(messages, [e.encode() for e in entities], strict=True))
+
+
+@dataclass
+class StagedFeatures:
+    """A batch the feature stage has computed but not yet sent or committed."""
+
+    txn: Transaction
+    records: list[tuple[bytes, bytes]] = field(default_factory=list)  # FeatureRecords, keys
+    rows: int = 0
+    late: int = 0
+    append_times_ms: np.ndarray = field(default_factory=lambda: np.empty(0))
+    seconds: float = 0.0  # spent computing it
 
 
 def _event_columns(batch: PartitionBatch) -> dict[str, list]:

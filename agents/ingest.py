@@ -47,9 +47,14 @@ class PartitionBatch:
 
 
 class Downstream(Protocol):
+    """The stage after decoding. ``prepare`` computes a batch, ``send`` produces its output,
+    ``finish`` waits for that output and commits (``FeatureStage`` is the one in use)."""
+
     def on_assign(self, partitions: Sequence[int]) -> dict[int, int]: ...
     def on_revoke(self, partitions: Sequence[int]) -> None: ...
-    def process(self, batches: Sequence[PartitionBatch]) -> None: ...
+    def prepare(self, batches: Sequence[PartitionBatch]) -> Any: ...
+    def send(self, staged: Any) -> None: ...
+    def finish(self, staged: Any) -> None: ...
     def stats(self) -> dict[str, int]: ...
 
 
@@ -110,9 +115,16 @@ class IngestPipeline:
         self.downstream.on_revoke([p.partition for p in partitions])
 
     def process(self, batches: Sequence[MessageBatch]) -> None:
+        staged = self.prepare(batches)
+        staged.send()
+        staged.finish()
+
+    def prepare(self, batches: Sequence[MessageBatch]) -> StagedIngest:
+        """Decode the batch (dead letters are produced now) and have the downstream stage
+        compute it; nothing of its output is sent before ``send``."""
         messages = [m for batch in batches for m in batch.messages]
         if not messages:
-            return
+            return StagedIngest(self, None)
         good, records = decode_or_dead_letter(messages, self.decoder, self.dead_letters,
                                               self.guard, self.clock_ms)
         by_partition = {b.partition: PartitionBatch(
@@ -124,6 +136,22 @@ class IngestPipeline:
             batch.offsets.append(msg.offset())
             batch.messages.append(msg)
             batch.append_times_ms.append(msg.timestamp()[1])
-        self.downstream.process(list(by_partition.values()))
+        return StagedIngest(self, self.downstream.prepare(list(by_partition.values())))
+
+
+@dataclass
+class StagedIngest:
+    """A decoded and computed batch (a :class:`~driftline.adapters.batch_loop.StagedBatch`)."""
+
+    pipeline: IngestPipeline
+    downstream: Any  # what the downstream stage's prepare returned (None: nothing to commit)
+
+    def send(self) -> None:
+        if self.downstream is not None:
+            self.pipeline.downstream.send(self.downstream)
+
+    def finish(self) -> None:
+        if self.downstream is not None:
+            self.pipeline.downstream.finish(self.downstream)
         # Dead letters and downstream output are durable before the reader commits the offsets.
-        self.producer.flush_or_raise()
+        self.pipeline.producer.flush_or_raise()

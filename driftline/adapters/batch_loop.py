@@ -7,6 +7,8 @@ Contract with the pipeline it drives (everything runs on the loop's thread, neve
 - ``process(batches)``: one :class:`MessageBatch` per topic-partition in the consumed batch
   (its messages in offset order); when it returns, the batch's effects have landed.
 - ``on_revoke(partitions)``: drop state for partitions this consumer no longer owns.
+- optionally ``prepare(batches) -> StagedBatch``, for a pipeline whose output must be
+  acknowledged by the broker before it commits (the feature worker): see "No idle waits" below.
 Several topics are consumed by one consumer in one group: with the same partition count and
 key on each (co-partitioned, as predictions and labels are by entity), partition p of every
 topic is assigned to the same consumer (the range assignor), so a stage can join them.
@@ -20,6 +22,15 @@ and batches grow to ``batch_size``, for throughput.
 When ``process`` raises (Redis or Kafka unreachable, say), the loop backs off, rebuilds the
 pipeline's state for its partitions and rewinds to where that state ends: nothing is lost and
 nothing is applied twice, however long the outage.
+
+No idle waits. A pipeline with ``prepare`` is driven in two overlapping steps: ``prepare(N+1)``
+decodes and computes batch N+1 while batch N's output, already produced, is on its way to the
+broker; then ``N.finish()`` waits for N's acknowledgements (usually already there) and commits N,
+the loop commits N's Kafka offsets, and only then ``N+1.send()`` produces N+1's output. So a
+batch still commits only after its own output landed, and nothing of N+1 is sent before N is
+committed; a failure of either rewinds both to the pipeline's committed state. When nothing new
+has arrived, the loop finishes N at once (it does not wait for N+1), and before a rebalance or
+a stop it finishes what it has.
 """
 
 from __future__ import annotations
@@ -64,6 +75,22 @@ class BatchPipeline(Protocol):
     def process(self, batches: Sequence[MessageBatch]) -> None: ...
 
 
+class StagedBatch(Protocol):
+    """A batch computed by ``prepare`` whose effects have not landed yet."""
+
+    def send(self) -> None:
+        """Produce the batch's output (called after the previous batch finished)."""
+
+    def finish(self) -> None:
+        """Wait for the output to be acknowledged, then commit; raise if either fails."""
+
+
+@dataclass
+class _Pending:
+    staged: StagedBatch
+    messages: list[Message]
+
+
 def group_by_partition(messages: Sequence[Message]) -> list[MessageBatch]:
     """Split a consumed batch by topic-partition, keeping each one's offset order."""
     batches: dict[tuple[str, int], MessageBatch] = {}
@@ -101,6 +128,8 @@ class BatchLoop:
         self._lag_measured_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pending: _Pending | None = None  # sent, not yet finished (pipelines with prepare)
+        self._staged = hasattr(pipeline, "prepare")
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -144,6 +173,7 @@ class BatchLoop:
             try:
                 while not self._stop.is_set():
                     self._step(consumer)
+                self._finish_pending(consumer, rewind=False)
             finally:
                 consumer.close()
         except BaseException as exc:  # surfaced by /health; the process must not hide it
@@ -163,6 +193,9 @@ class BatchLoop:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         ids = [PartitionId(tp.topic, tp.partition) for tp in partitions]
+        # Commit what we computed while we still own it; if that fails, the next owner (perhaps
+        # us) replays it from the committed state.
+        self._finish_pending(consumer, rewind=False)
         self.pipeline.on_revoke(ids)
         self.assigned.difference_update(ids)
         consumer.unassign()
@@ -176,7 +209,10 @@ class BatchLoop:
         asking for a full batch made every batch below ``batch_size`` wait the whole timeout.
         Instead: wait for one message, then take what is already in the fetch queue.
         """
-        raw = consumer.consume(num_messages=1, timeout=self.batch_timeout_s)
+        # With a batch in flight, only take what has already arrived: if nothing has, that batch
+        # is finished at once instead of after a wait.
+        timeout = 0 if self._pending is not None else self.batch_timeout_s
+        raw = consumer.consume(num_messages=1, timeout=timeout)
         if raw and self.batch_size > 1:
             raw += consumer.consume(num_messages=self.batch_size - 1,
                                     timeout=self.batch_linger_s)
@@ -192,19 +228,68 @@ class BatchLoop:
                 if err is not None and err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer error on %s: %s", self.topic, err)
         if not messages:
+            self._finish_pending(consumer)
             return
         batches = group_by_partition(messages)
         for batch in batches:  # every service counts what it consumed, by topic
             MESSAGES_CONSUMED.labels(batch.topic).inc(len(batch.messages))
+        if self._staged:
+            self._step_staged(consumer, batches, messages)
+            return
         try:
             self.pipeline.process(batches)
         except Exception as exc:  # noqa: BLE001 - any failure is retried from known state
-            BATCH_FAILURES.labels(self.topic, type(exc).__name__).inc()
-            DEPENDENCY_ERRORS.labels(dependency_of(exc)).inc()
-            log.warning("batch on %s failed (%s); rebuilding state and retrying", self.topic,
-                        describe(exc))
-            self._rewind(consumer, messages)
+            self._failed(consumer, exc, messages)
             return
+        self._committed(consumer, messages)
+
+    def _step_staged(self, consumer: Consumer, batches: list[MessageBatch],
+                     messages: list[Message]) -> None:
+        """Compute this batch while the previous one's output is in flight, then finish the
+        previous one, then send this one (see "No idle waits" in the module docstring)."""
+        pending, self._pending = self._pending, None
+        in_flight = pending.messages if pending is not None else []
+        try:
+            staged = self.pipeline.prepare(batches)
+            if pending is not None:
+                pending.staged.finish()
+        except Exception as exc:  # noqa: BLE001 - both batches replay from the committed state
+            self._failed(consumer, exc, in_flight + messages)
+            return
+        if pending is not None:
+            self._committed(consumer, pending.messages)
+        try:
+            staged.send()
+        except Exception as exc:  # noqa: BLE001
+            self._failed(consumer, exc, messages)
+            return
+        self._pending = _Pending(staged, messages)
+
+    def _finish_pending(self, consumer: Consumer, rewind: bool = True) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        try:
+            pending.staged.finish()
+        except Exception as exc:  # noqa: BLE001
+            if rewind:
+                self._failed(consumer, exc, pending.messages)
+            else:
+                BATCH_FAILURES.labels(self.topic, type(exc).__name__).inc()
+                log.warning("last batch on %s failed (%s); it replays from the committed "
+                            "state", self.topic, describe(exc))
+            return
+        self._committed(consumer, pending.messages)
+
+    def _failed(self, consumer: Consumer, exc: Exception, messages: list[Message]) -> None:
+        BATCH_FAILURES.labels(self.topic, type(exc).__name__).inc()
+        DEPENDENCY_ERRORS.labels(dependency_of(exc)).inc()
+        log.warning("batch on %s failed (%s); rebuilding state and retrying", self.topic,
+                    describe(exc))
+        self._rewind(consumer, messages)
+
+    def _committed(self, consumer: Consumer, messages: list[Message]) -> None:
+        """The batch's effects have landed: commit its offsets to Kafka too."""
         try:
             consumer.commit(offsets=_next_offsets(messages), asynchronous=False)
         except KafkaException as exc:  # e.g. revoked meanwhile; state-backed offsets rule

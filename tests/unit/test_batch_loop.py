@@ -1,13 +1,15 @@
-"""The batch loop without a broker: adaptive batches, and `dependency_of` (which dependency
-failed a batch, for driftline_dependency_errors_total)."""
+"""The batch loop without a broker: adaptive batches, the overlap of a batch's computation with
+the previous batch's acknowledgements, and `dependency_of` (which dependency failed a batch,
+for driftline_dependency_errors_total)."""
 
 from __future__ import annotations
 
 import redis
 from confluent_kafka import KafkaException
 
-from driftline.adapters.batch_loop import BatchLoop, dependency_of
+from driftline.adapters.batch_loop import BatchLoop, PartitionId, dependency_of
 from driftline.adapters.kafka import DeliveryFailed
+from tests.fakes import FakeMessage, messages
 
 
 def test_failures_are_attributed_to_their_dependency():
@@ -64,3 +66,116 @@ def test_an_idle_loop_waits_the_batch_timeout_and_a_linger_waits_for_more():
     consumer = BufferedConsumer(30)
     assert loop(linger_s=0.02)._consume(consumer) == list(range(30))
     assert consumer.waited == 0.02
+
+
+# -- pipelines with prepare: batch N+1 is computed while N's output is in flight -------------
+
+class ScriptedConsumer:
+    """Hands out prepared consume() results in order (then nothing), records commits, seeks."""
+
+    def __init__(self, *polls: list[FakeMessage]) -> None:
+        self.polls = [list(p) for p in polls]
+        self.commits: list[dict[tuple[str, int], int]] = []
+        self.seeks: list[tuple[str, int, int]] = []
+        self.timeouts: list[float] = []
+
+    def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
+        if num_messages == 1:
+            self.timeouts.append(timeout)
+            return self.polls.pop(0) if self.polls else []
+        return []
+
+    def commit(self, offsets, asynchronous: bool) -> None:
+        self.commits.append({(tp.topic, tp.partition): tp.offset for tp in offsets})
+
+    def seek(self, tp) -> None:
+        self.seeks.append((tp.topic, tp.partition, tp.offset))
+
+    def position(self, partitions):
+        return partitions
+
+    def get_watermark_offsets(self, tp, cached: bool):
+        return (0, 0)
+
+
+class StagedPipeline:
+    """Logs every call; ``fail`` names a call (e.g. "finish 1") that raises once."""
+
+    def __init__(self, fail: str | None = None) -> None:
+        self.log: list[str] = []
+        self.fail = fail
+        self.resume: dict[PartitionId, int] = {}
+
+    def _call(self, what: str) -> None:
+        self.log.append(what)
+        if what == self.fail:
+            self.fail = None
+            raise RuntimeError(f"{what} failed")
+
+    def on_assign(self, partitions):
+        self.log.append("assign")
+        return self.resume
+
+    def on_revoke(self, partitions):
+        self.log.append("revoke")
+
+    def prepare(self, batches):
+        n = batches[0].messages[0].offset() // 10  # batch n holds offsets 10n..10n+9
+        self._call(f"prepare {n}")
+        pipeline = self
+
+        class Staged:
+            def send(self):
+                pipeline._call(f"send {n}")
+
+            def finish(self):
+                pipeline._call(f"finish {n}")
+
+        return Staged()
+
+
+def staged_loop(pipeline: StagedPipeline) -> BatchLoop:
+    batches = BatchLoop(lambda: None, "events", pipeline=pipeline, batch_size=100,
+                        batch_timeout_s=0.1)
+    batches.assigned = {PartitionId("events", 0)}
+    return batches
+
+
+def batch(n: int) -> list[FakeMessage]:
+    return messages("events", 0, [b"x"] * 10, first_offset=10 * n)
+
+
+def test_the_next_batch_is_computed_before_the_previous_one_commits_and_sent_after():
+    consumer, pipeline = ScriptedConsumer(batch(0), batch(1), batch(2)), StagedPipeline()
+    batches = staged_loop(pipeline)
+    for _ in range(4):
+        batches._step(consumer)
+    assert pipeline.log == ["prepare 0", "send 0",
+                            "prepare 1", "finish 0", "send 1",
+                            "prepare 2", "finish 1", "send 2",
+                            "finish 2"]  # nothing more arrived: finished without waiting
+    assert consumer.commits == [{("events", 0): 10}, {("events", 0): 20}, {("events", 0): 30}]
+    # while a batch was in flight the loop only took what had arrived (timeout 0)
+    assert consumer.timeouts == [0.1, 0, 0, 0]
+    assert batches.messages == 30 and batches._pending is None
+
+
+def test_a_failed_commit_replays_both_batches_from_the_committed_state():
+    consumer, pipeline = ScriptedConsumer(batch(0), batch(1)), StagedPipeline(fail="finish 0")
+    batches = staged_loop(pipeline)
+    batches._step(consumer)
+    batches._step(consumer)
+    assert pipeline.log == ["prepare 0", "send 0", "prepare 1", "finish 0",
+                            "revoke", "assign"]  # batch 1 was computed, never sent
+    assert consumer.commits == []
+    assert consumer.seeks == [("events", 0, 0)]  # back to batch 0's first offset
+    assert batches._pending is None
+
+
+def test_a_stop_finishes_the_batch_in_flight():
+    consumer, pipeline = ScriptedConsumer(batch(0)), StagedPipeline()
+    batches = staged_loop(pipeline)
+    batches._step(consumer)
+    batches._finish_pending(consumer, rewind=False)
+    assert pipeline.log == ["prepare 0", "send 0", "finish 0"]
+    assert consumer.commits == [{("events", 0): 10}]
