@@ -18,7 +18,8 @@ the model call that scored the record.
 Undecodable records and records of another view version go to the DLQ with the reason. With no
 servable model the batch fails and the batch loop retries it after a back-off, so nothing is
 dropped while a model is missing. Predictions are flushed before the loop commits the offsets,
-in the order of their records.
+in the order of their records; the loop scores batch N+1 while batch N's predictions are being
+acknowledged (``prepare``, then N's ``finish``, then N+1's ``send``).
 """
 
 from __future__ import annotations
@@ -103,37 +104,31 @@ class ScoringPipeline:
         pass
 
     def process(self, batches: Sequence[MessageBatch]) -> None:
+        staged = self.prepare(batches)
+        staged.send()
+        staged.finish()
+
+    def prepare(self, batches: Sequence[MessageBatch]) -> ScoredBatch:
+        """Read and score the batch; nothing is produced before ``send``. The batch loop calls
+        this while the previous batch's predictions are being acknowledged."""
         messages = [m for batch in batches for m in batch.messages]
+        out = ScoredBatch(self, messages)
         if not messages:
-            return
+            return out
         start = time.perf_counter()
         serving = self.holder.serving()  # once per batch; ModelUnavailable -> retried
         values = [m.value() or b"" for m in messages]
         fast = self._reader_for(serving.production).read(values)
-        out = _Output()
         if fast.index:
             self._score_fast(serving, fast, out)
         if fast.others:
             self._score_generic(serving, [messages[i] for i in fast.others], fast.others, out)
-        produce = self.producer.produce
-        for topic, pending in ((self.predictions_topic, out.published),
-                               (self.shadow_topic, out.shadowed)):
-            for i, prediction in sorted(pending, key=lambda item: item[0]):
-                produce(topic, prediction, key=messages[i].key())
-        self.producer.flush_or_raise()
-        FEATURE_TO_PREDICTION_SECONDS.observe_many(
-            time.time() - np.fromiter((m.timestamp()[1] for m in messages), np.float64,
-                                      len(messages)) / 1000)
-        RECORDS_DECODED.labels(messages[0].topic()).inc(len(messages))
-        for (name, version, arm), n in out.counts.items():
-            PREDICTIONS.labels(name, str(version), arm).inc(n)
-        self.scored += len(out.published)
-        self.shadow_scored += len(out.shadowed)
-        BATCH_SECONDS.labels("scoring").observe(time.perf_counter() - start)
+        out.seconds = time.perf_counter() - start
+        return out
 
     # -- the two paths ------------------------------------------------------------------------
 
-    def _score_fast(self, serving: Serving, fast: FastBatch, out: _Output) -> None:
+    def _score_fast(self, serving: Serving, fast: FastBatch, out: ScoredBatch) -> None:
         """Records the fast reader took: each arm scores its rows, bytes copied through."""
         def score(arm: _Arm) -> None:
             part = fast if len(arm.rows) == len(fast.index) else fast.take(arm.rows)
@@ -146,7 +141,7 @@ class ScoringPipeline:
         self._each_arm(_arms(serving, fast.entity_ids), serving, score)
 
     def _score_generic(self, serving: Serving, messages: Sequence[Message],
-                       positions: Sequence[int], out: _Output) -> None:
+                       positions: Sequence[int], out: ScoredBatch) -> None:
         """Records the fast reader left: decode and validate each, dead-letter what fails."""
         records, failures = self.decoder.decode_many([m.value() or b"" for m in messages])
         failed = {i for i, _ in failures}
@@ -214,15 +209,45 @@ class ScoringPipeline:
         return writer
 
 
-class _Output:
-    """One batch's predictions, by record position, and their counts by (model, arm)."""
+class ScoredBatch:
+    """One batch's predictions, by record position, and their counts by (model, arm): the
+    :class:`~driftline.adapters.batch_loop.StagedBatch` of the scorer."""
 
-    def __init__(self) -> None:
+    def __init__(self, pipeline: ScoringPipeline, messages: list[Message]) -> None:
+        self.pipeline = pipeline
+        self.messages = messages
         self.published: list[tuple[int, bytes]] = []
         self.shadowed: list[tuple[int, bytes]] = []
         self.counts: Counter[tuple[str, int, str]] = Counter()
+        self.seconds = 0.0  # spent scoring
 
     def add(self, arm: _Arm, positions: Sequence[int], predictions: list[bytes]) -> None:
         target = self.shadowed if arm.label == SHADOW_ARM else self.published
         target.extend(zip(positions, predictions, strict=True))
         self.counts[(arm.model.name, arm.model.version, arm.label)] += len(predictions)
+
+    def send(self) -> None:
+        """Produce the predictions in the order of their records."""
+        pipeline, messages = self.pipeline, self.messages
+        produce = pipeline.producer.produce
+        for topic, pending in ((pipeline.predictions_topic, self.published),
+                               (pipeline.shadow_topic, self.shadowed)):
+            for i, prediction in sorted(pending, key=lambda item: item[0]):
+                produce(topic, prediction, key=messages[i].key())
+
+    def finish(self) -> None:
+        """Wait for the predictions (and dead letters) to be acknowledged, then count them."""
+        if not self.messages:
+            return
+        start = time.perf_counter()
+        pipeline, messages = self.pipeline, self.messages
+        pipeline.producer.flush_or_raise()
+        FEATURE_TO_PREDICTION_SECONDS.observe_many(
+            time.time() - np.fromiter((m.timestamp()[1] for m in messages), np.float64,
+                                      len(messages)) / 1000)
+        RECORDS_DECODED.labels(messages[0].topic()).inc(len(messages))
+        for (name, version, arm), n in self.counts.items():
+            PREDICTIONS.labels(name, str(version), arm).inc(n)
+        pipeline.scored += len(self.published)
+        pipeline.shadow_scored += len(self.shadowed)
+        BATCH_SECONDS.labels("scoring").observe(self.seconds + time.perf_counter() - start)
