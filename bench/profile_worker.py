@@ -34,8 +34,8 @@ STAGES = [
     ("records -> columns (EventBatch.from_records)", "core/features/engine.py", "from_records"),
     ("feature engine (FeatureEngine.process)", "core/features/engine.py", "process"),
     ("Parquet writes (OfflineStore.write)", "adapters/offline_store.py", "write"),
-    ("FeatureRecord encode + produce (_produce)", "agents/features.py", "_produce"),
-    ("  of which Avro encode (single_object.encode)", "core/codec/single_object.py", "encode"),
+    ("FeatureRecord encode (_encode)", "agents/features.py", "_encode"),
+    ("FeatureRecord produce (send)", "agents/features.py", "send"),
     ("online values into the MULTI (online.queue)", "redis_online.py", "queue"),
     ("state delta pack (np.savez)", "adapters/redis_state.py", "pack"),
     ("Redis MULTI round trip (Pipeline.execute)", "redis/client.py", "execute"),
@@ -68,8 +68,15 @@ def replay(settings: Settings, batches: list[list], profiler: cProfile.Profile |
     started = time.perf_counter()
     if profiler:
         profiler.enable()
-    for msgs in batches:
-        pipeline.process(group_by_partition(msgs))
+    pending = None
+    for msgs in batches:  # as the batch loop drives it: compute N+1, finish N, send N+1
+        staged = pipeline.prepare(group_by_partition(msgs))
+        if pending is not None:
+            pending.finish()
+        staged.send()
+        pending = staged
+    if pending is not None:
+        pending.finish()
     if profiler:
         profiler.disable()
     return time.perf_counter() - started
@@ -106,7 +113,7 @@ def main() -> None:
         produce_all(base, EventSource(args.entities, seed=7).encoded(args.events), "none")
         batches = read_batches(base, args.events)
         plain = replay(base.replace(group_features="plain"), batches, None)
-        print(f"pipeline.process, no profiler: {args.events / plain:,.0f} events/s "
+        print(f"pipeline, no profiler: {args.events / plain:,.0f} events/s "
               f"({len(batches)} batches of up to {args.batch_size:,})")
         profiler = cProfile.Profile()
         profiled = replay(base.replace(group_features="profiled", data_dir=run_dir / "prof"),
