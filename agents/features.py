@@ -40,6 +40,7 @@ from driftline.adapters.metrics import (
 )
 from driftline.adapters.offline_store import OfflineStore
 from driftline.agents.ingest import PartitionBatch
+from driftline.core.codec.columnar import RecordColumns
 from driftline.core.codec.errors import LATE
 from driftline.core.codec.feature_records import FeatureRecordEncoder
 from driftline.core.codec.schema_set import SchemaSet
@@ -109,24 +110,23 @@ class FeatureStage:
         The engines have applied the batch when this returns; if it is never committed the
         batch loop rebuilds them from the committed state."""
         start = time.perf_counter()
-        batches = [b for b in batches if b.records or b.consumed is not None]
+        batches = [b for b in batches if len(b) or b.consumed is not None]
         if not batches:
             return None
         staged = StagedFeatures(self.state.begin(b.partition for b in batches))
         txn = staged.txn
         for batch in batches:
             p = batch.partition
-            if batch.records:  # else only dead letters: the offsets still move past them
-                offsets = np.asarray(batch.offsets, dtype=np.int64)
+            if len(batch):  # else only dead letters: the offsets still move past them
                 txn.pending += self.offline.write(self.offline.events_dir(self.topic), p,
                                                   _event_columns(batch), txn.epochs[p])
                 for view in self.views:
-                    applied = self._process_view(view, batch, offsets, staged)
+                    applied = self._process_view(view, batch, staged)
                     staged.rows += applied
-                    staged.late += len(batch.records) - applied
+                    staged.late += len(batch) - applied
             txn.consumed(self.topic, p, *batch.consumed_range)
         staged.append_times_ms = np.concatenate(
-            [np.asarray(b.append_times_ms, dtype=np.float64) for b in batches])
+            [b.append_times_ms.astype(np.float64) for b in batches])
         staged.seconds = time.perf_counter() - start
         return staged
 
@@ -151,47 +151,47 @@ class FeatureStage:
                 np.maximum(now_ms - staged.append_times_ms, 0) / 1000)
         BATCH_SECONDS.labels("features").observe(staged.seconds + time.perf_counter() - start)
 
-    def _process_view(self, view: FeatureView, batch: PartitionBatch, offsets: np.ndarray,
+    def _process_view(self, view: FeatureView, batch: PartitionBatch,
                       staged: StagedFeatures) -> int:
         """Compute, archive and encode one view's rows; add its online values and state delta
         to the transaction. Returns the number of events applied."""
         txn = staged.txn
         engine = self.engines[(view.name, batch.partition)]
-        events = EventBatch.from_records(batch.records, offsets, view)
-        result = engine.process(events)
-        for i in np.flatnonzero(~result.applied):
+        result = engine.process(EventBatch.from_columns(batch.rows.columns, batch.offsets, view))
+        times = batch.rows[view.source.event_time_field]
+        for i in np.flatnonzero(~result.applied).tolist():
             self.dead_letters.send(batch.messages[i], LATE,
-                                   f"event_time {batch.records[i][view.source.event_time_field]} "
+                                   f"event_time {int(times[i])} "
                                    f"is before the watermark {result.watermark_ms} "
                                    f"(allowed lateness {view.source.allowed_lateness_ms} ms)")
         LATE_EVENTS.labels(view.name).inc(int((~result.applied).sum()))
         applied = np.flatnonzero(result.applied)
         FEATURE_ROWS.labels(view.name).inc(len(applied))
         STATE_ROWS.labels(view.name).set(engine.state_rows)
+        rows = batch.rows.take(applied)
         txn.pending += self.offline.write(
             self.offline.features_dir(view.name), batch.partition,
-            _feature_columns(view, batch, offsets, result.values, applied),
+            _feature_columns(view, batch, rows, result.values, applied),
             txn.epochs[batch.partition])
-        staged.records += self._encode(view, batch, result.values, applied)
+        staged.records += self._encode(view, rows, result.values[applied])
         txn.write_online(OnlineWrite(
             view.name, view.version, tuple(view.feature_names), result.online_entity.tolist(),
             result.online_values, result.online_event_time_ms.tolist()))
         self.state.append(txn, batch.partition, view.name, result.state_delta, engine.snapshot)
         return len(applied)
 
-    def _encode(self, view: FeatureView, batch: PartitionBatch, values: np.ndarray,
-                applied: np.ndarray) -> list[tuple[bytes, bytes]]:
-        """The view's FeatureRecords of the applied events, as (value, key) pairs."""
+    def _encode(self, view: FeatureView, rows: RecordColumns,
+                values: np.ndarray) -> list[tuple[bytes, bytes]]:
+        """The FeatureRecords of the applied events `rows` (`values`: their feature rows), as
+        (value, key) pairs."""
         encoder = self.encoders.get(view.name)
         if encoder is None:
             encoder = self.encoders[view.name] = FeatureRecordEncoder(
                 view.name, view.version, view.feature_names, view.slices, self.schemas)
-        records = [batch.records[i] for i in applied.tolist()]
-        key_field, time_field = view.entity.key, view.source.event_time_field
-        entities = [str(r[key_field]) for r in records]
+        entities = rows.as_str(view.entity.key)
         messages = encoder.encode_batch(
-            [r["event_id"] for r in records], entities, [r[time_field] for r in records],
-            values[applied], [[str(r[s]) for r in records] for s in view.slices])
+            rows.as_str("event_id"), entities, rows[view.source.event_time_field],
+            values, [rows.as_str(s) for s in view.slices])
         return list(zip(messages, [e.encode() for e in entities], strict=True))
 
 
@@ -207,28 +207,26 @@ class StagedFeatures:
     seconds: float = 0.0  # spent computing it
 
 
-def _event_columns(batch: PartitionBatch) -> dict[str, list]:
-    columns: dict[str, list] = {name: [r[name] for r in batch.records]
-                                for name in batch.records[0]}
-    columns["partition"] = [batch.partition] * len(batch.records)
-    columns["offset"] = list(batch.offsets)
+def _event_columns(batch: PartitionBatch) -> dict[str, object]:
+    columns: dict[str, object] = dict(batch.rows.columns)
+    columns["partition"] = np.full(len(batch), batch.partition, dtype=np.int64)
+    columns["offset"] = batch.offsets
     return columns
 
 
-def _feature_columns(view: FeatureView, batch: PartitionBatch, offsets: np.ndarray,
+def _feature_columns(view: FeatureView, batch: PartitionBatch, rows: RecordColumns,
                      values: np.ndarray, applied: np.ndarray) -> dict[str, object]:
-    records = [batch.records[i] for i in applied.tolist()]
+    """The feature rows of the applied events `rows` (positions `applied` in the batch)."""
     columns: dict[str, object] = {
-        "event_id": [r["event_id"] for r in records],
-        "entity_id": [str(r[view.entity.key]) for r in records],
-        "event_time": np.asarray([r[view.source.event_time_field] for r in records],
-                                 dtype=np.int64),
-        "view_version": [view.version] * len(records),
-        "partition": np.full(len(records), batch.partition, dtype=np.int32),
-        "offset": offsets[applied],
+        "event_id": rows.as_str("event_id"),
+        "entity_id": rows.as_str(view.entity.key),
+        "event_time": np.asarray(rows[view.source.event_time_field], dtype=np.int64),
+        "view_version": [view.version] * len(rows),
+        "partition": np.full(len(rows), batch.partition, dtype=np.int32),
+        "offset": batch.offsets[applied],
     }
     for s in view.slices:
-        columns[s] = [str(r[s]) for r in records]
+        columns[s] = rows.as_str(s)
     for j, name in enumerate(view.feature_names):
         columns[name] = values[applied, j]
     return columns

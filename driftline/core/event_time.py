@@ -23,10 +23,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
+
 from driftline.core.codec.errors import FUTURE_EVENT_TIME, INVALID_EVENT_TIME
 
 DEFAULT_MAX_FUTURE_SKEW_MS = 5 * 60_000
 DEFAULT_MIN_EVENT_TIME_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+_INT64 = (-(2**63), 2**63 - 1)
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,21 @@ class EventTimeGuard:
                     f"{floor} ({format_ms(floor)}) (min_event_time)")))
         return out
 
+    def reject_columns(self, event_times_ms: np.ndarray | Sequence[int],
+                       now_ms: int) -> list[Rejection]:
+        """`reject` for an event-time column (int64 epoch ms, one per record): the same
+        rejections with the same indices, for a batch held as columns.
+
+        Two array comparisons find a superset of the rejected rows (bounds are clamped to
+        int64, and equality is included, so no clock or floor can wrap around); `reject`
+        then decides on those few, in Python ints, and words their details."""
+        times = np.asarray(event_times_ms, dtype=np.int64)
+        limit = _clamp(now_ms + self.max_future_skew_ms)
+        suspect = np.flatnonzero((times >= limit) | (times <= _clamp(self.min_event_time_ms)))
+        flagged = [{self.field: t} for t in times[suspect].tolist()]
+        return [Rejection(int(suspect[r.index]), r.reason, r.detail)
+                for r in self.reject(flagged, now_ms)]
+
 
 def format_ms(ms: int) -> str:
     """Epoch ms as an ISO-8601 UTC time, or a note when the value is outside datetime's range."""
@@ -95,6 +113,10 @@ def format_ms(ms: int) -> str:
             timespec="milliseconds").replace("+00:00", "Z")
     except (OverflowError, OSError, ValueError):
         return "outside the calendar range"
+
+
+def _clamp(ms: int) -> int:
+    return min(max(ms, _INT64[0]), _INT64[1])
 
 
 def _ahead(ms: int) -> str:

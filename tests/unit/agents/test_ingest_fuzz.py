@@ -55,6 +55,7 @@ from driftline.adapters.offline_store import OfflineStore, PendingParquet
 from driftline.agents.features import FeatureStage
 from driftline.agents.ingest import IngestPipeline
 from driftline.core.codec import ALL_REASONS, ConfluentRegistry, DecodeError, Decoder
+from driftline.core.codec.columnar import ColumnarDecoder
 from driftline.core.codec.errors import FUTURE_EVENT_TIME, INVALID_EVENT_TIME, LATE
 from driftline.core.demo_events import DemoConfig, DemoGenerator
 from driftline.core.event_time import EventTimeGuard
@@ -362,21 +363,18 @@ BROKEN_RUN: dict[str, Any] = {"report_multiple_bugs": False, "max_examples": bud
                               "phases": [Phase.generate]}
 
 
-class _RejectsAfterGarbage(Decoder):
+class _RejectsAfterGarbage(ColumnarDecoder):
     """Batch decoding whose error state leaks: the value after a bad one is dead-lettered too."""
 
-    def decode_many(self, values):
-        records, failures, previous_failed = [], [], False
-        for index, value in enumerate(values):
-            try:
-                if previous_failed:
-                    raise DecodeError("decode_error", "left over from the previous value")
-                records.append(self.decode(value))
-                previous_failed = False
-            except DecodeError as exc:
-                failures.append((index, exc))
-                previous_failed = True
-        return records, failures
+    def decode_columns(self, values):
+        rows, failures = super().decode_columns(values)
+        failed = {index for index, _ in failures}
+        leaked = [i + 1 for i in sorted(failed) if i + 1 < len(values) and i + 1 not in failed]
+        position = {int(index): k for k, index in enumerate(rows.index)}
+        rows = rows.drop([position[i] for i in leaked])
+        failures += [(i, DecodeError("decode_error", "left over from the previous value"))
+                     for i in leaked]
+        return rows, sorted(failures, key=lambda failure: failure[0])
 
 
 class _RaisesOnShortInput(Decoder):
@@ -392,10 +390,14 @@ def _broken(cls: type[Decoder]) -> MakeDecoder:
     return lambda name: cls(name, SCHEMAS, ConfluentRegistry(REGISTRY_URL, fake_fetch))
 
 
+def _broken_batch(cls: type[ColumnarDecoder]) -> MakeDecoder:
+    return lambda name: cls(Decoder(name, SCHEMAS, ConfluentRegistry(REGISTRY_URL, fake_fetch)))
+
+
 def test_the_ingest_suite_finds_a_good_event_lost_after_garbage():
     """A decoder whose failure leaks onto the next value dead-letters a good event: caught."""
     with pytest.raises(AssertionError, match="dead letters differ"):
-        fuzz_ingest(_broken(_RejectsAfterGarbage), **BROKEN_RUN)()
+        fuzz_ingest(_broken_batch(_RejectsAfterGarbage), **BROKEN_RUN)()
 
 
 def test_the_ingest_suite_finds_an_exception_escaping_the_batch():
