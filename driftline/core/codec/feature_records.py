@@ -5,6 +5,8 @@ fastavro walk the schema) cost more than everything else in the worker together.
 most of a record is constant: the header, the view and version strings, every map key. This
 encoder precomputes those bytes and writes each row's doubles with numpy, so a batch costs one
 small join per record. Its output is byte-for-byte what the generic encoder writes (tested).
+The scorer's side, `FeatureRecordReader` and `PredictionWriter`, reads such records a batch
+at a time with numpy and copies their bytes into predictions.
 
 Avro binary, for reference: long = zig-zag varint; string = long length + UTF-8; map = blocks of
 (long count, entries) ended by a 0 count; union = long branch index + the value.
@@ -15,8 +17,10 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from driftline.core.codec.schema_set import SchemaSet, default_schema_set
 from driftline.core.codec.single_object import HEADER_SIZE, header
@@ -210,15 +214,9 @@ class FastBatch:
     @property
     def entity_ids(self) -> list[str]:
         """Each record's entity id (what a rollout routes by), read from its head once, on
-        first use: without a rollout nothing needs them."""
+        first use."""
         if self._entity_ids is None:
-            # The reader checked both strings (UTF-8, no NUL): one join and one decode.
-            keys = []
-            for head in self.heads:
-                _, id_end = _string_span(head, 0)
-                start, end = _string_span(head, id_end)
-                keys.append(head[start:end])
-            self._entity_ids = b"\x00".join(keys).decode().split("\x00") if keys else []
+            self._entity_ids = _entity_ids(self.heads)
         return self._entity_ids
 
     def take(self, rows: Sequence[int] | np.ndarray) -> FastBatch:
@@ -230,6 +228,84 @@ class FastBatch:
                          values=[self.values[k] for k in rows], matrix=self.matrix[rows])
 
 
+_TIME_WINDOW = 10  # bytes of a 64-bit varint at most: a longer one is checked one by one
+_PADDING = bytes(2 * 64 + 8)
+"""Zero bytes after a joined batch. Every window the reader reads starts inside a message, and
+the farthest any reaches past that message's end is its ids' window (under 128 bytes): so all
+stay inside the buffer, and what they read past a message is masked out or never used."""
+
+
+def _windows(buf: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
+    """The `width` bytes at each of `starts`, a row each. One take from a strided view copies
+    each window in one piece; a two-dimensional fancy index would compute an index per byte."""
+    return sliding_window_view(buf, width)[starts]
+
+
+def _entity_ids(heads: list[bytes]) -> list[str]:
+    """The entity_id in each head (event_id, entity_id, event_time), all decoded at once: the
+    ids joined with a NUL after each (the reader let no NUL in an id through), one decode and
+    one split. Ids are cut with arrays where both lengths take one byte (ids under 64 bytes),
+    one by one elsewhere."""
+    count = len(heads)
+    if not count:
+        return []
+    lengths = np.fromiter(map(len, heads), dtype=np.int64, count=count)
+    starts = np.zeros(count, dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    buf = np.frombuffer(b"".join([*heads, _PADDING]), dtype=np.uint8)
+    id_length = buf[starts]
+    key_at = starts + 1 + (id_length >> 1)  # entity_id's length, if event_id's took one byte
+    key_length = buf[key_at]
+    short = (id_length < 0x80) & (key_length < 0x80)
+    rows = np.flatnonzero(short)
+    key_length = (key_length[rows] >> 1).astype(np.intp)
+    ids = _windows(buf, key_at[rows] + 1, int(key_length.max(initial=0)) + 1)
+    ids[np.arange(len(rows)), key_length] = 0  # the separator
+    text = ids[np.arange(ids.shape[1])[None, :] <= key_length[:, None]].tobytes().decode()
+    keys = text.split("\x00")[:-1]
+    if len(rows) == count:
+        return keys
+    out = [""] * count
+    for k, key in zip(rows.tolist(), keys, strict=True):
+        out[k] = key
+    for k in np.flatnonzero(~short).tolist():
+        head = heads[k]
+        _, id_end = _string_span(head, 0)
+        start, end = _string_span(head, id_end)
+        out[k] = head[start:end].decode()
+    return out
+
+
+class _BytePattern:
+    """Constant bytes, some positions free, compared at many places of a buffer at once, eight
+    bytes at a time (numpy reduces along a short row slowly, a byte at a time even more so)."""
+
+    def __init__(self, pattern: bytes, free: np.ndarray | None = None) -> None:
+        self.width = 8 * -(-len(pattern) // 8)  # up to seven bytes past the pattern, masked
+        mask = np.zeros(self.width, dtype=np.uint8)
+        mask[:len(pattern)] = 0xFF
+        if free is not None:
+            mask[:len(pattern)][free] = 0
+        template = np.zeros(self.width, dtype=np.uint8)
+        template[:len(pattern)] = np.frombuffer(pattern, dtype=np.uint8)
+        self.mask = mask.view(np.uint64)
+        self.template = (template & mask).view(np.uint64)
+
+    def windows(self, buf: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """The bytes `matches` compares, at each of `starts` (a row each)."""
+        return _windows(buf, starts, self.width)
+
+    def matches(self, windows: np.ndarray) -> np.ndarray:
+        """Whether each row of `windows` holds the pattern."""
+        words = windows.view(np.uint64)
+        if len(self.mask) > 8:  # a long pattern: one pass along the rows
+            return ((words & self.mask) == self.template).all(axis=1)
+        fits = np.ones(len(words), dtype=bool)
+        for k in range(len(self.mask)):  # a few words: a column each is faster
+            fits &= (words[:, k] & self.mask[k]) == self.template[k]
+        return fits
+
+
 class FeatureRecordReader:
     """Reads feature records of one view version straight into a matrix.
 
@@ -238,6 +314,12 @@ class FeatureRecordReader:
     view for the doubles. Anything else — another view or version, a null, another map order,
     another writer schema, and anything the decoder would refuse (a NaN or an infinity, a string
     that is not UTF-8 or holds a NUL) — is left to the generic, validating decoder (``others``).
+
+    A batch is checked as a whole, with numpy on one buffer joining its messages: a loop over
+    the records in Python cost more than scoring them. What the arrays cannot settle cheaply
+    (an id of 64 bytes or more, whose length takes a second varint byte; an id that is not
+    ASCII or holds a NUL; an ``event_time`` varint longer than ten bytes) is checked record by
+    record (`_locate`), with the same outcome.
     """
 
     def __init__(self, view: str, view_version: str, feature_names: Sequence[str],
@@ -254,67 +336,153 @@ class FeatureRecordReader:
         self.constant = constant
         self.double_at = np.array([start + o for o in encoder.offsets], dtype=np.intp)
         self._good_tails: set[bytes] = set()
+        self._header = _BytePattern(self.header)
+        self._view_part = _BytePattern(self.view_part)
+        self._block = _BytePattern(self.block, free=~constant)
 
     def read(self, messages: Sequence[bytes]) -> FastBatch:
-        out = FastBatch()
-        header, view_part, size = self.header, self.view_part, len(self.block)
+        count = len(messages)
+        lengths = np.fromiter(map(len, messages), dtype=np.int64, count=count)
+        starts = np.zeros(count, dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        buf = np.frombuffer(b"".join([*messages, _PADDING]), dtype=np.uint8)
+        rows, head_ends, block_starts = self._candidates(messages, buf, starts, lengths)
+        matrix, fits = self._values(buf, starts[rows] + block_starts)
+        # The slices, the one variable part left, as bytes: a record's own, read once per map.
+        fast = np.flatnonzero(fits)
+        picked = (messages if len(fast) == count  # every record, in order
+                  else [messages[i] for i in rows[fast].tolist()])
+        size = len(self.block)
+        tail_starts = (block_starts[fast] + size).tolist()
+        tails = [data[start:] for data, start in zip(picked, tail_starts, strict=True)]
+        good = self._tails_are_good(tails)
+        if not good.all():
+            fast = fast[good]
+            picked = [data for data, ok in zip(picked, good.tolist(), strict=True) if ok]
+            tails = [tail for tail, ok in zip(tails, good.tolist(), strict=True) if ok]
+        taken = np.zeros(count, dtype=bool)
+        taken[rows[fast]] = True
+        head_ends, block_starts = head_ends[fast].tolist(), block_starts[fast].tolist()
+        return FastBatch(
+            index=rows[fast].tolist(),
+            heads=[data[HEADER_SIZE:end] for data, end in zip(picked, head_ends, strict=True)],
+            slices=tails,
+            values=[data[start:start + size]
+                    for data, start in zip(picked, block_starts, strict=True)],
+            matrix=matrix if len(fast) == len(matrix) else matrix[fast],
+            others=np.flatnonzero(~taken).tolist())
+
+    def _candidates(self, messages: Sequence[bytes], buf: np.ndarray, starts: np.ndarray,
+                    lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The records laid out as this view's up to their values block (which `_values`
+        checks, and the slices after it `_tails_are_good`): their positions in the batch, and
+        where, in each record, its head (event_id, entity_id, event_time) ends and its values
+        block starts. `buf` holds the records joined (at `starts`), then `_PADDING`.
+
+        Each step narrows `rows` (and `at`, where each record starts in `buf`) to the records
+        still in the running: one that fails a check is left to the generic decoder, one the
+        step cannot settle with arrays goes to `_locate`.
+        """
+        deferred = []
+        rows = np.flatnonzero(lengths > HEADER_SIZE)  # shorter: no header, or no event_id
+        rows = rows[self._header.matches(self._header.windows(buf, starts[rows]))]
+        at = starts[rows]
+        # event_id, then entity_id: a one-byte length is a string under 64 bytes; an odd one
+        # is negative, and the record must go on after the string.
+        ends, string_ends = np.full(len(rows), HEADER_SIZE), []
+        for _ in range(2):
+            length = buf[at + ends]
+            longer = length >= 0x80
+            deferred.append(rows[longer])
+            ends = ends + 1 + (length >> 1)
+            keep = ~longer & ((length & 1) == 0) & (ends < lengths[rows])
+            rows, at, ends = rows[keep], at[keep], ends[keep]
+            string_ends = [e[keep] for e in string_ends] + [ends]
+        id_end, key_end = string_ends
+        # Both ids ASCII (so UTF-8) without a NUL: a byte under 0x01 or over 0x7f wraps past
+        # 0x7e once 1 is taken away. entity_id's length byte between them may be 0 (empty).
+        if len(rows):
+            ids = _windows(buf, at + HEADER_SIZE + 1, int((key_end - HEADER_SIZE - 1).max()))
+            odd = (ids - np.uint8(1)) >= 0x7F
+            odd[np.arange(len(rows)), id_end - HEADER_SIZE - 1] = False
+            first = odd.argmax(axis=1)
+            unusual = odd[np.arange(len(rows)), first] & (first < key_end - HEADER_SIZE - 1)
+            deferred.append(rows[unusual])
+            rows, at, key_end = rows[~unusual], at[~unusual], key_end[~unusual]
+        # event_time: its varint ends at the first byte under 0x80. Then the view and its
+        # version, and a whole values block.
+        last = _windows(buf, at + key_end, _TIME_WINDOW) < 0x80
+        first = last.argmax(axis=1)
+        ended = last[np.arange(len(rows)), first]
+        deferred.append(rows[~ended])
+        head_end = key_end + first + 1
+        block_start = head_end + len(self.view_part)
+        keep = ended & (block_start + len(self.block) <= lengths[rows])
+        rows, at, head_end, block_start = rows[keep], at[keep], head_end[keep], block_start[keep]
+        keep = self._view_part.matches(self._view_part.windows(buf, at + head_end))
+        rows, head_end, block_start = rows[keep], head_end[keep], block_start[keep]
+
+        located = [(i, self._locate(messages[i])) for i in np.concatenate(deferred).tolist()]
+        extra = np.array([(i, *spans) for i, spans in located if spans is not None],
+                         dtype=np.int64).reshape(-1, 3)
+        if not len(extra):
+            return rows, head_end, block_start
+        order = np.argsort(np.concatenate([rows, extra[:, 0]]), kind="stable")
+        return (np.concatenate([rows, extra[:, 0]])[order],
+                np.concatenate([head_end, extra[:, 1]])[order],
+                np.concatenate([block_start, extra[:, 2]])[order])
+
+    def _locate(self, data: bytes) -> tuple[int, int] | None:
+        """`_candidates` for one record, whatever its lengths and ids: where its head ends and
+        its values block starts, or None if it is not laid out as this view's or the decoder
+        would refuse one of its ids."""
+        try:
+            if data[:HEADER_SIZE] != self.header:
+                return None
+            id_start, id_end = _string_span(data, HEADER_SIZE)
+            key_start, key_end = _string_span(data, id_end)
+            if not data[HEADER_SIZE:key_end].isascii():  # all-ASCII bytes are valid UTF-8
+                data[id_start:id_end].decode()  # UnicodeDecodeError is a ValueError
+                data[key_start:key_end].decode()
+            if 0 in data[id_start:id_end] or 0 in data[key_start:key_end]:
+                return None  # a NUL: the validating decoder refuses and names it
+            _, head_end = _read_varint(data, key_end)
+        except (ValueError, IndexError):
+            return None
+        block_start = head_end + len(self.view_part)
+        if (data[head_end:block_start] != self.view_part
+                or len(data) < block_start + len(self.block)):
+            return None
+        return head_end, block_start
+
+    def _values(self, buf: np.ndarray, block_at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The doubles of the values blocks at `block_at` (positions in `buf`), a row each, and
+        whether each block is this view's: every constant byte the template's (each key, each
+        branch index, the counts) and every value finite. NaN and infinities are no feature
+        values (null is): the generic decoder dead-letters such a record, naming the field."""
+        if not len(block_at):
+            return np.zeros((0, self.n)), np.zeros(0, dtype=bool)
+        blocks = self._block.windows(buf, block_at)
+        # The doubles are unaligned: read through a float view advancing a byte at a time.
+        doubles = np.ndarray((len(blocks), blocks.shape[1] - 7), dtype="<f8", buffer=blocks,
+                             strides=(blocks.shape[1], 1))
+        matrix = doubles[:, self.double_at]
+        return matrix, self._block.matches(blocks) & np.isfinite(matrix).all(axis=1)
+
+    def _tails_are_good(self, tails: list[bytes]) -> np.ndarray:
+        """Whether each tail is a well-formed slices map ending its record. Slice combinations
+        repeat, so each distinct map is parsed once and remembered (up to 10,000 of them)."""
         good_tails = self._good_tails
-        blocks = []
-        for i, data in enumerate(messages):
+        good = np.fromiter(map(good_tails.__contains__, tails), dtype=bool, count=len(tails))
+        for k in np.flatnonzero(~good).tolist():
+            tail = tails[k]
             try:
-                if data[:10] != header:
-                    raise ValueError
-                id_start, id_end = _string_span(data, 10)
-                key_start, key_end = _string_span(data, id_end)
-                if not data[10:key_end].isascii():  # all-ASCII bytes are valid UTF-8
-                    data[id_start:id_end].decode()  # UnicodeDecodeError is a ValueError
-                    data[key_start:key_end].decode()
-                if 0 in data[id_start:id_end] or 0 in data[key_start:key_end]:
-                    raise ValueError  # a NUL: the validating decoder refuses and names it
-                _, pos = _read_varint(data, key_end)
-                head_end = pos
-                if data[pos:pos + len(view_part)] != view_part:
-                    raise ValueError
-                pos += len(view_part)
-                block = data[pos:pos + size]
-                tail = data[pos + size:]
-                if len(block) != size:
-                    raise ValueError
-                if tail not in good_tails:  # slices repeat: check each distinct map once
-                    if _map_of_strings_end(tail, 0) != len(tail):
-                        raise ValueError
-                    if len(good_tails) < 10_000:
-                        good_tails.add(tail)
+                good[k] = _map_of_strings_end(tail, 0) == len(tail)
             except (ValueError, IndexError):
-                out.others.append(i)
                 continue
-            out.index.append(i)
-            out.heads.append(data[10:head_end])
-            blocks.append(block)
-            out.slices.append(tail)
-        if not blocks:
-            out.matrix = np.zeros((0, self.n))
-            return out
-        raw = np.frombuffer(b"".join(blocks), dtype=np.uint8).reshape(len(blocks), size)
-        template = np.frombuffer(self.block, dtype=np.uint8)
-        columns = raw[:, self.double_at[:, None] + np.arange(8)[None, :]]  # (rows, n, 8)
-        matrix = np.ascontiguousarray(columns).view("<f8").reshape(len(raw), self.n)
-        # NaN and infinities are no feature values (null is): the generic decoder dead-letters
-        # such a record, naming the field.
-        fits = ((raw[:, self.constant] == template[self.constant]).all(axis=1)
-                & np.isfinite(matrix).all(axis=1))
-        if not fits.all():
-            misfits = [out.index[k] for k in np.flatnonzero(~fits)]
-            keep = np.flatnonzero(fits).tolist()
-            out.index = [out.index[k] for k in keep]
-            out.heads = [out.heads[k] for k in keep]
-            out.slices = [out.slices[k] for k in keep]
-            blocks = [blocks[k] for k in keep]
-            matrix = matrix[fits]
-            out.others = sorted(out.others + misfits)
-        out.matrix = matrix
-        out.values = blocks
-        return out
+            if good[k] and len(good_tails) < 10_000:
+                good_tails.add(tail)
+        return good
 
 
 class PredictionWriter:
@@ -349,14 +517,13 @@ class PredictionWriter:
         arm_bytes = self._arm_bytes.get(arm)
         if arm_bytes is None:
             raise ValueError(f"unknown arm {arm!r} (arms: {', '.join(self.arms)})")
-        score_bytes = np.ascontiguousarray(scores, dtype="<f8").tobytes()
-        decisions = (scores >= self.threshold).tolist()
-        head, tail = self.header, self.threshold_bytes + self.model_part
-        trailer = arm_bytes + struct.pack("<d", latency_ms)
-        out = []
-        for k, (record_head, slices, values, decision) in enumerate(
-                zip(batch.heads, batch.slices, batch.values, decisions, strict=True)):
-            out.append(b"".join((head, record_head, score_bytes[8 * k:8 * k + 8],
-                                 b"\x01" if decision else b"\x00", tail, slices, values,
-                                 trailer)))
-        return out
+        rows = len(batch.heads)
+        # Each row's score and decision, cut from one buffer; the rest is copied per row.
+        scored = np.empty((rows, 9), dtype=np.uint8)
+        scored[:, :8] = np.ascontiguousarray(scores, dtype="<f8").view(np.uint8).reshape(rows, 8)
+        scored[:, 8] = scores >= self.threshold
+        flat = scored.tobytes()
+        return list(map(b"".join, zip(
+            repeat(self.header, rows), batch.heads, [flat[k:k + 9] for k in range(0, 9 * rows, 9)],
+            repeat(self.threshold_bytes + self.model_part, rows), batch.slices, batch.values,
+            repeat(arm_bytes + struct.pack("<d", latency_ms), rows), strict=True)))
