@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import redis
-
 from driftline.adapters import kafka
 from driftline.adapters.dead_letters import DeadLetterSink
 from driftline.adapters.offline_store import AllPending, OfflineStore, PendingParquet
+from driftline.adapters.redis_client import connect
 from driftline.adapters.redis_state import RedisStateBackend
 from driftline.agents.app import Service, run_service
 from driftline.agents.ingest import wall_clock_ms
@@ -63,11 +62,14 @@ def build_monitor(settings: Settings, clock_ms=wall_clock_ms) -> MonitorStage:
     offline = OfflineStore(settings.data_dir / "offline")
     topics = MonitorTopics(settings.topic_predictions, settings.topic_labels,
                            settings.topic_drift)
-    client = redis.Redis.from_url(settings.redis_url_or_fail)
+    client = connect(settings.redis_url_or_fail)
     files = AllPending([PendingParquet(offline, t, [offline.outcomes_dir(t)])
                         for t in (topics.labels, topics.predictions)])
+    # cross_partition: the detectors (in partition 0's store) see every partition's records,
+    # so a transaction must land whole, also on a Redis Cluster (one slot for the stage).
     state = PartitionState(
-        RedisStateBackend(client, settings.group_monitor, topics.predictions),
+        RedisStateBackend(client, settings.group_monitor, topics.predictions,
+                          cross_partition=True),
         topics=[topics.predictions, topics.labels], stores=[JOIN, DETECTORS], files=files)
     return MonitorStage(
         topics, state, offline, producer, DeadLetterSink(producer, settings.topic_dlq, schemas),

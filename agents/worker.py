@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import redis
-
 from driftline.adapters import kafka
 from driftline.adapters.dead_letters import DeadLetterSink
 from driftline.adapters.offline_store import OfflineStore, PendingParquet
+from driftline.adapters.redis_client import SyncClient, connect
+from driftline.adapters.redis_layout import OnlineKeys
 from driftline.adapters.redis_online import RedisOnlineStore
 from driftline.adapters.redis_state import RedisStateBackend
 from driftline.agents.app import Service, run_service
@@ -22,12 +22,13 @@ from driftline.settings import Settings
 
 
 def feature_state(settings: Settings, views: list[FeatureView], offline: OfflineStore,
-                  client: redis.Redis) -> PartitionState:
-    """The feature stage's partition state: on Redis, one store per view, online values in the
-    same transaction, Parquet files under the events and features folders as pending output."""
+                  client: SyncClient) -> PartitionState:
+    """The feature stage's partition state: on Redis (one or a cluster), one store per view,
+    online values in the same transaction (keyed so readers find them from the entity id),
+    Parquet files under the events and features folders as pending output."""
     topic = settings.topic_events
-    backend = RedisStateBackend(client, settings.group_features, topic,
-                                online=RedisOnlineStore(client, settings.redis_ttl_s))
+    online = RedisOnlineStore(client, settings.redis_ttl_s, OnlineKeys.for_settings(settings))
+    backend = RedisStateBackend(client, settings.group_features, topic, online=online)
     bases = [offline.events_dir(topic), *(offline.features_dir(v.name) for v in views)]
     return PartitionState(backend, topics=[topic], stores=[v.name for v in views],
                           files=PendingParquet(offline, topic, bases))
@@ -39,8 +40,7 @@ def build_pipeline(settings: Settings) -> IngestPipeline:
     dead_letters = DeadLetterSink(producer, settings.topic_dlq, schemas)
     views = list(views_for(settings).values())
     offline = OfflineStore(settings.data_dir / "offline")
-    state = feature_state(settings, views, offline,
-                          redis.Redis.from_url(settings.redis_url_or_fail))
+    state = feature_state(settings, views, offline, connect(settings.redis_url_or_fail))
     stage = FeatureStage(
         views, topic=settings.topic_events, state=state, offline=offline,
         producer=producer, features_topic=settings.topic_features,

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from driftline.core.partitioner import PARTITIONERS
+
 
 def _setting(env: str, default: Any, doc: str) -> Any:
     return field(default=default, metadata={"env": env, "doc": doc})
@@ -53,7 +55,9 @@ class Settings:
         "Kafka bootstrap servers; unset = `driftline dev` starts the embedded broker")
     redis_url: str | None = _setting(
         "DRIFTLINE_REDIS_URL", None,
-        "Redis URL (online store and stream state); unset = `driftline dev` starts redis-server")
+        "Redis URL (online store and stream state): redis://host:port/0 for one Redis, "
+        "redis+cluster://host:port[,host:port...] for a Redis Cluster; unset = `driftline dev` "
+        "starts redis-server")
     schema_registry_url: str | None = _setting(
         "DRIFTLINE_SCHEMA_REGISTRY_URL", None,
         "Confluent schema registry; enables decoding of the Confluent wire format")
@@ -61,7 +65,15 @@ class Settings:
         "DRIFTLINE_DATA_DIR", Path("data"), "offline store, model registry and local state")
     feature_defs: Path | None = _setting(
         "DRIFTLINE_FEATURE_DEFS", None, "feature definitions folder; unset = the shipped demo")
-    partitions: int = _setting("DRIFTLINE_PARTITIONS", 6, "partitions of every topic created")
+    partitions: int = _setting(
+        "DRIFTLINE_PARTITIONS", 6,
+        "partitions of every topic created; also how readers find an entity's online values, "
+        "so it must equal the events topic's partition count")
+    partitioner: str = _setting(
+        "DRIFTLINE_PARTITIONER", "consistent_random",
+        "how producers place keys in partitions, and readers find them: consistent_random "
+        "(CRC-32, librdkafka's default) or murmur2_random (the Java client's default); must "
+        "match the producers of the events topic")
     replication_factor: int = _setting(
         "DRIFTLINE_REPLICATION_FACTOR", 1, "replication factor of every topic created")
     topic_events: str = _setting("DRIFTLINE_TOPIC_EVENTS", "driftline.events", "raw events")
@@ -144,6 +156,9 @@ class Settings:
                 object.__setattr__(self, name, value)
         if self.partitions < 1:
             raise ValueError(f"DRIFTLINE_PARTITIONS must be >= 1, got {self.partitions}")
+        if self.partitioner not in PARTITIONERS:
+            raise ValueError(f"DRIFTLINE_PARTITIONER={self.partitioner!r}: expected one of "
+                             f"{', '.join(PARTITIONERS)}")
         if self.log_level.lower() not in LOG_LEVELS:
             raise ValueError(f"DRIFTLINE_LOG_LEVEL={self.log_level!r}: expected one of "
                              f"{', '.join(LOG_LEVELS)}")
@@ -172,8 +187,9 @@ class Settings:
 
         Only when neither ``DRIFTLINE_KAFKA_BOOTSTRAP`` nor ``DRIFTLINE_REDIS_URL`` is set, and
         only if the record at ``dev_record`` is live (its process exists and its broker and
-        Redis ports accept a connection): then Kafka, Redis, the dev profile, the data dir and
-        the feature definitions come from the record, except where a variable sets them. A
+        Redis ports accept a connection): then Kafka, Redis, the dev profile, the data dir, the
+        feature definitions, the partition count and the partitioner come from the record,
+        except where a variable sets them. A
         stale record is ignored and named in the later "is not set" errors.
         """
         environ = os.environ if environ is None else environ
@@ -188,6 +204,9 @@ class Settings:
         for name in ("data_dir", "feature_defs"):
             if record.get(name):
                 adopted[name] = Path(record[name])
+        for name in ("partitions", "partitioner"):  # readers find online values with them
+            if record.get(name):
+                adopted[name] = record[name]
         explicit = {f.name for f in _env_fields() if environ.get(f.metadata["env"])}
         return cls.from_env(environ, **{k: v for k, v in adopted.items() if k not in explicit})
 
@@ -248,9 +267,10 @@ def read_dev_record(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     """(record, None) if the `driftline dev` record at `path` is live, else (None, why not).
 
     The record (written by ``driftline.commands.dev_stack``) is JSON with ``pid``,
-    ``kafka_bootstrap``, ``redis_url``, ``data_dir``, ``feature_defs``, ``profile``,
-    ``endpoints`` and ``started_at``. Live means: the process exists and the first broker and
-    the Redis port accept a TCP connection.
+    ``kafka_bootstrap``, ``redis_url``, ``data_dir``, ``feature_defs``, ``partitions``,
+    ``partitioner``, ``profile``, ``endpoints`` and ``started_at``. Live means: the process
+    exists and the first broker and the Redis port (a cluster's first node) accept a TCP
+    connection.
     """
     try:
         record = json.loads(path.read_text())
@@ -258,7 +278,7 @@ def read_dev_record(path: Path) -> tuple[dict[str, Any] | None, str | None]:
         if pid <= 0:  # os.kill would signal a process group
             raise ValueError(f"pid {pid}")
         broker = urlsplit("//" + record["kafka_bootstrap"].split(",")[0].strip())
-        redis = urlsplit(record["redis_url"])
+        redis = urlsplit(record["redis_url"].split(",")[0])  # a cluster's first node
         ports = [("broker", broker.hostname, broker.port or 9092),
                  ("redis", redis.hostname, redis.port or 6379)]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -25,6 +25,9 @@ def producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
         "compression.type": "lz4",
         "enable.idempotence": True,  # no duplicates from producer retries
         "acks": "all",
+        # Explicit, not librdkafka's default by accident: readers of the online store compute
+        # an entity's partition with the same function (driftline/core/partitioner.py).
+        "partitioner": settings.partitioner,
     }
     config.update(extra)
     return config

@@ -36,6 +36,12 @@ BATCH_FAILURES = Counter(
     "driftline_batch_failures_total",
     "Batches whose processing failed and were retried from the last committed state",
     ["topic", "error"])
+ONLINE_ROWS_OUTSIDE_PARTITION = Counter(
+    "driftline_online_rows_outside_partition_total",
+    "Online rows whose entity the configured partitioner places outside the partition that "
+    "computed them (a producer with another partitioner or partition count); on a Redis "
+    "Cluster they are written just after their batch's commit instead of in it, by view",
+    ["view"])
 FEATURE_ROWS = Counter(
     "driftline_feature_rows_total", "Per-event feature rows computed, by view", ["view"])
 LATE_EVENTS = Counter(

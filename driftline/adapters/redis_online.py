@@ -1,31 +1,40 @@
 """Redis online store: the latest feature values per entity and view.
 
-Key layout (documented in docs/online-store.md):
-    dl:f:{view}:{entity_id}   hash   one field per feature (float text, 'nan' when undefined),
-                                     plus _event_time (ms of the entity's latest applied event)
-                                     and _version (the view version that computed the values)
-Keys carry a TTL (``DRIFTLINE_REDIS_TTL_S``), refreshed on every write. A batch is one hash
-write per entity in one Lua call. The feature worker does not call :meth:`RedisOnlineStore.write`:
-its writes go through the partition state (``adapters/redis_state.py``), which queues them with
-:meth:`RedisOnlineStore.queue` inside the same MULTI as the stream state and offsets, so a crash
-never leaves them apart. :class:`AsyncRedisOnlineReader` is the HTTP API's bounded-time reader.
+Key layout (``redis_layout.py``, documented in docs/online-store.md):
+    dl:f:{<topic>:<p>}:<view>:<entity_id>   hash   one field per feature (float text, 'nan'
+                                            when undefined), plus _event_time (ms of the
+                                            entity's latest applied event) and _version (the
+                                            view version that computed the values)
+``<topic>`` is the events topic and ``<p>`` the partition the producers' partitioner gives the
+entity id, so readers find the key from the id alone and, on a Redis Cluster, it lives in the
+hash slot of the partition whose commit writes it. Keys carry a TTL (``DRIFTLINE_REDIS_TTL_S``),
+refreshed on every write. A batch is one hash write per entity, in one Lua call per partition
+(a script's keys must share a slot on a cluster). The feature worker does not call
+:meth:`RedisOnlineStore.write`: its writes go through the partition state
+(``adapters/redis_state.py``), which queues them with :meth:`RedisOnlineStore.queue` inside the
+same MULTI as the stream state and offsets, so a crash never leaves them apart.
+:class:`AsyncRedisOnlineReader` is the HTTP API's bounded-time reader.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Iterator
 
 import redis
-import redis.asyncio as aioredis
 
+from driftline.adapters.redis_client import AsyncClient, SyncClient, connect_async, is_cluster
+from driftline.adapters.redis_layout import OnlineKeys
 from driftline.core.online import OnlineRow, OnlineWrite, StoreUnavailable
 
 EVENT_TIME_FIELD = "_event_time"
 VERSION_FIELD = "_version"
 
 # One Lua call writes a whole batch: redis-py's per-command packing, not Redis, is the cost of a
-# pipeline of thousands of HSET + PEXPIRE, so the loop runs server-side instead.
+# pipeline of thousands of HSET + PEXPIRE, so the loop runs server-side instead. It is sent
+# with EVAL, not EVALSHA: a server restarted since the script was loaded answers NOSCRIPT, and
+# inside a MULTI that error would skip the online values while the rest of the commit landed.
 _WRITE_SCRIPT = """
 local ttl = tonumber(ARGV[1])
 local nfields = tonumber(ARGV[2])
@@ -46,67 +55,86 @@ return #KEYS
 """
 
 
-def feature_key(view: str, entity_id: str) -> str:
-    return f"dl:f:{view}:{entity_id}"
-
-
 def _text(value: float) -> str:
     return "nan" if math.isnan(value) else repr(float(value))
 
 
 class RedisOnlineStore:
-    """The :class:`~driftline.core.online.OnlineStore` on Redis."""
+    """The :class:`~driftline.core.online.OnlineStore` on Redis or a Redis Cluster; `keys`
+    names the keys (build it with :meth:`OnlineKeys.for_settings`, as every reader does)."""
 
-    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+    def __init__(self, client: SyncClient, ttl_s: int, keys: OnlineKeys) -> None:
         self.client = client
         self.ttl_ms = ttl_s * 1000
-        self._write = client.register_script(_WRITE_SCRIPT)
+        self.keys = keys
 
     def write(self, batch: OnlineWrite) -> None:
-        pipe = self.client.pipeline(transaction=True)
-        self.queue(pipe, batch)
+        """Write `batch` now: one MULTI on one Redis, one per partition on a cluster."""
+        groups = [[batch]] if not is_cluster(self.client) else \
+            [[part] for part in self.by_partition(batch).values()]
         try:
-            pipe.execute()
+            for group in groups:
+                pipe = self.client.pipeline(transaction=True)
+                for part in group:
+                    self.queue(pipe, part)
+                pipe.execute()
         except (redis.RedisError, OSError) as exc:
             raise StoreUnavailable(f"online store write failed: {exc}") from exc
 
-    def queue(self, pipe: redis.client.Pipeline, batch: OnlineWrite) -> None:
-        """Queue `batch` on a pipeline the caller executes (the partition state's MULTI)."""
+    def by_partition(self, batch: OnlineWrite) -> dict[int, OnlineWrite]:
+        """`batch`'s rows grouped by their entity's partition (one hash slot each)."""
+        rows: dict[int, list[int]] = {}
+        for i, entity in enumerate(batch.entities):
+            rows.setdefault(self.keys.partition(entity), []).append(i)
+        if len(rows) == 1:  # already one partition's (a cluster commit's part): no copy
+            return {p: batch for p in rows}
+        return {p: batch.select(positions) for p, positions in sorted(rows.items())}
+
+    def queue(self, pipe, batch: OnlineWrite) -> None:
+        """Queue `batch` on a pipeline the caller executes (the partition state's MULTI): one
+        script call per partition, whose keys share that partition's slot."""
         if len(batch.entities) == 0:
             return
+        for keys, argv in self._script_calls(batch):
+            # execute_command: redis-py's cluster pipeline has no eval() method.
+            pipe.execute_command("EVAL", _WRITE_SCRIPT, len(keys), *keys, *argv)
+
+    def _script_calls(self, batch: OnlineWrite) -> Iterator[tuple[list[str], list[str | int]]]:
         names = [*batch.feature_names, EVENT_TIME_FIELD, VERSION_FIELD]
-        argv: list[str | int] = [self.ttl_ms, len(names), *names]
-        for row, event_time in zip(batch.values.tolist(), batch.event_times_ms, strict=True):
-            argv.extend(_text(v) for v in row)
-            argv.append(int(event_time))
-            argv.append(batch.version)
-        keys = [feature_key(batch.view, e) for e in batch.entities]
-        self._write(keys=keys, args=argv, client=pipe)
+        head: list[str | int] = [self.ttl_ms, len(names), *names]
+        for part in self.by_partition(batch).values():
+            argv = list(head)
+            for row, event_time in zip(part.values.tolist(), part.event_times_ms, strict=True):
+                argv.extend(_text(v) for v in row)
+                argv.append(int(event_time))
+                argv.append(part.version)
+            yield [self.keys.feature(part.view, e) for e in part.entities], argv
 
     def read(self, view: str, entity_id: str) -> OnlineRow | None:
         try:
-            raw = self.client.hgetall(feature_key(view, entity_id))
+            raw = self.client.hgetall(self.keys.feature(view, entity_id))
         except (redis.RedisError, OSError) as exc:
             raise StoreUnavailable(f"online store unavailable: {exc}") from exc
         return parse_row(view, entity_id, raw) if raw else None
 
 
 class AsyncRedisOnlineReader:
-    """The :class:`~driftline.core.online.OnlineReader` on Redis: one HGETALL, at most
-    `timeout_s`, then :class:`StoreUnavailable`."""
+    """The :class:`~driftline.core.online.OnlineReader` on Redis or a Redis Cluster: one
+    HGETALL of the entity's key, at most `timeout_s`, then :class:`StoreUnavailable`."""
 
-    def __init__(self, client: aioredis.Redis, timeout_s: float) -> None:
+    def __init__(self, client: AsyncClient, timeout_s: float, keys: OnlineKeys) -> None:
         self.client = client
         self.timeout_s = timeout_s
+        self.keys = keys
 
     @classmethod
-    def from_url(cls, url: str, timeout_s: float) -> AsyncRedisOnlineReader:
-        return cls(aioredis.Redis.from_url(url, socket_timeout=timeout_s,
-                                           socket_connect_timeout=timeout_s), timeout_s)
+    def from_url(cls, url: str, timeout_s: float, keys: OnlineKeys) -> AsyncRedisOnlineReader:
+        return cls(connect_async(url, socket_timeout=timeout_s,
+                                 socket_connect_timeout=timeout_s), timeout_s, keys)
 
     async def read(self, view: str, entity_id: str) -> OnlineRow | None:
         try:
-            raw = await asyncio.wait_for(self.client.hgetall(feature_key(view, entity_id)),
+            raw = await asyncio.wait_for(self.client.hgetall(self.keys.feature(view, entity_id)),
                                          self.timeout_s)
         except asyncio.TimeoutError as exc:
             raise StoreUnavailable("online store unavailable: timed out") from exc

@@ -129,11 +129,14 @@ def cmd_features(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if not args.entity:
         raise ValueError("features get needs an ENTITY id")
-    import redis
-
+    from driftline.adapters.redis_client import connect
+    from driftline.adapters.redis_layout import OnlineKeys
     from driftline.adapters.redis_online import RedisOnlineStore
 
-    store = RedisOnlineStore(redis.Redis.from_url(settings.redis_url_or_fail), 0)
+    # The entity's key is found from its id, the partition count and the partitioner, as the
+    # worker wrote it (one Redis or a cluster alike).
+    store = RedisOnlineStore(connect(settings.redis_url_or_fail), 0,
+                             OnlineKeys.for_settings(settings))
     found = {}
     for v in views:
         row = store.read(v.name, args.entity)

@@ -250,7 +250,8 @@ def run_demo(settings: Settings, n_events: int = 60_000, out=print,
         last = events[-1]["event_time"]
         late = dict(event, event_id="late-1", event_time=last - 3_600_000)
         fresh = dict(event, event_id="json-1", event_time=last)
-        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap,
+                             "partitioner": settings.partitioner})
         for value in (json.dumps(fresh).encode(), json.dumps(late).encode(), b"not an event"):
             producer.produce(settings.topic_events, value, key=event["entity_id"].encode())
         producer.flush(10)

@@ -152,6 +152,8 @@ def write_dev_record(stack: Stack, services: dict[str, str]) -> Path:
     record = {"pid": os.getpid(), "kafka_bootstrap": s.kafka_bootstrap, "redis_url": s.redis_url,
               "data_dir": str(s.data_dir.resolve()),
               "feature_defs": str(s.feature_defs.resolve()) if s.feature_defs else None,
+              # how readers find an entity's online values (redis_layout.OnlineKeys)
+              "partitions": s.partitions, "partitioner": s.partitioner,
               "profile": "dev", "endpoints": services, "started_at": int(time.time() * 1000)}
     path = s.dev_record
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -149,6 +149,130 @@ def start_redis(log_dir: Path, port: int | None = None, timeout: float = 20.0,
     return server
 
 
+@dataclass
+class LocalRedisCluster:
+    """A Redis Cluster of masters on 127.0.0.1 (no replicas), for tests and trials.
+
+    ``address`` is its ``redis+cluster://`` URL. :meth:`stop_node` and :meth:`start_node` take
+    one node down and bring it back on the same port and folder (its ``nodes.conf``, and with
+    ``persist`` its data), as an outage of one machine would.
+    """
+
+    ports: list[int]
+    log_dir: Path
+    persist: bool
+    nodes: list[ManagedProcess]
+
+    @property
+    def address(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def node_argv(self, port: int) -> list[str]:
+        folder = self.log_dir / f"node-{port}"
+        folder.mkdir(parents=True, exist_ok=True)
+        # A failed master takes only its own slots down (require-full-coverage no), and the
+        # others notice within a couple of seconds (node-timeout), so an outage test is short.
+        return [redis_binary(), "--port", str(port), "--bind", "127.0.0.1",
+                "--cluster-enabled", "yes", "--cluster-config-file", str(folder / "nodes.conf"),
+                "--cluster-node-timeout", "2000", "--cluster-require-full-coverage", "no",
+                "--save", "", "--appendonly", "yes" if self.persist else "no",
+                "--appendfsync", "always", "--daemonize", "no", "--dir", str(folder)]
+
+    def start_node(self, i: int, timeout: float = 20.0) -> None:
+        """Bring node `i` back; returns once every node says the cluster is ok again (a node
+        answers CLUSTERDOWN until it has heard from the others)."""
+        port = self.ports[i]
+        node = spawn(f"redis-cluster-{port}", self.node_argv(port), self.log_dir,
+                     f"redis://127.0.0.1:{port}/0")
+        _wait_for_port(node, port, timeout)
+        self.nodes[i] = node
+        self.wait_ok(timeout)
+
+    def stop_node(self, i: int) -> None:
+        self.nodes[i].stop()  # SIGTERM: with persist, the append-only file is complete
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Until every node reports ``cluster_state:ok`` and knows all nodes and slots."""
+        import redis
+
+        deadline = time.monotonic() + timeout
+        states: dict[int, str] = {}
+        while time.monotonic() < deadline:
+            for port in self.ports:
+                try:
+                    with redis.Redis(port=port, socket_timeout=1) as client:
+                        info = client.execute_command("CLUSTER", "INFO")
+                    text = info.decode() if isinstance(info, bytes) else str(info)
+                except (redis.RedisError, OSError) as exc:
+                    text = f"unreachable: {exc}"
+                states[port] = text
+            if all("cluster_state:ok" in t and "cluster_slots_assigned:16384" in t
+                   and f"cluster_known_nodes:{len(self.ports)}" in t for t in states.values()):
+                return
+            time.sleep(0.1)
+        raise ServerStartError(f"Redis Cluster {self.address} not ok within {timeout:.0f}s: "
+                               f"{ {p: t.splitlines()[0] for p, t in states.items()} }")
+
+
+def _cluster_ports(n: int) -> list[int]:
+    """`n` free ports whose cluster bus ports (port + 10000, a Redis rule) are free too."""
+    ports: list[int] = []
+    for _ in range(1000):
+        port = free_port()
+        taken = {*ports, *(p + 10000 for p in ports)}
+        if port <= 55535 and port not in taken and port + 10000 not in taken \
+                and not _listening(port + 10000):
+            with socket.socket() as probe:  # the bus port must be bindable, not just quiet
+                try:
+                    probe.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+            ports.append(port)
+            if len(ports) == n:
+                return ports
+    raise ServerStartError(f"found no {n} free port pairs (port, port + 10000) for a cluster")
+
+
+def redis_cli_binary() -> str:
+    found = shutil.which("redis-cli") or shutil.which("redis-cli", path="/usr/sbin:/usr/bin")
+    if not found:
+        raise ServerStartError("no redis-cli found (it creates the local Redis Cluster): install "
+                               "Debian's redis-tools (apt-get install redis-tools)")
+    return found
+
+
+def start_redis_cluster(log_dir: Path, nodes: int = 3, persist: bool = False,
+                        timeout: float = 30.0) -> LocalRedisCluster:
+    """Start `nodes` cluster-enabled redis-servers on free ports, join them with
+    ``redis-cli --cluster create`` (no replicas: every node a master owning a third of the
+    slots) and wait until every node says ``cluster_state:ok``. Raises
+    :class:`ServerStartError` with the logs if any step fails."""
+    cluster = LocalRedisCluster(_cluster_ports(nodes), log_dir, persist, [])
+    cli = redis_cli_binary()
+    try:
+        for port in cluster.ports:
+            cluster.nodes.append(spawn(f"redis-cluster-{port}", cluster.node_argv(port),
+                                       log_dir, f"redis://127.0.0.1:{port}/0"))
+        for node, port in zip(cluster.nodes, cluster.ports, strict=True):
+            _wait_for_port(node, port, timeout)
+        created = subprocess.run(
+            [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in cluster.ports),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        if created.returncode != 0:
+            raise ServerStartError(f"redis-cli --cluster create failed ({created.returncode}):\n"
+                                   f"{created.stdout}\n{created.stderr}")
+        cluster.wait_ok(timeout)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
 def deploy_dir() -> Path:
     """The repository's ``deploy/`` folder: docker-compose's Prometheus and Grafana files."""
     for root in (Path(__file__).resolve().parents[2], Path.cwd()):

@@ -46,6 +46,14 @@ class OnlineWrite:
     values: np.ndarray  # (len(entities), len(feature_names)) float64
     event_times_ms: Sequence[int]
 
+    def select(self, rows: Sequence[int]) -> OnlineWrite:
+        """The rows at positions `rows`, as a write of their own (a backend that commits
+        partition by partition splits a batch's rows by the partition of their entity)."""
+        rows = list(rows)
+        return OnlineWrite(self.view, self.version, self.feature_names,
+                           [self.entities[i] for i in rows], self.values[rows],
+                           [self.event_times_ms[i] for i in rows])
+
     def rows(self) -> list[OnlineRow]:
         return [OnlineRow(self.view, entity, self.version, int(t),
                           dict(zip(self.feature_names, map(float, row), strict=True)))

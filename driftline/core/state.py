@@ -18,6 +18,15 @@ atomically through a :class:`StateBackend`. That commit is the stage's commit po
 - **Side files follow the commit.** Files written before the commit are *pending*; they are
   published after it, and on assignment :class:`PendingFiles` settles them against the last
   commit record (publish that batch's, delete the rest).
+- **Atomic per partition, at least.** A backend commits a whole transaction at once (one Redis)
+  or partition by partition (a Redis Cluster, where one ``MULTI`` covers one hash slot; see
+  :meth:`Transaction.split`). Each partition's part, with its epoch check, lands whole or not at
+  all, and nothing about one partition's resume point depends on another's, so a transaction
+  that landed for some partitions and then failed is recovered like any failed batch: rebuild
+  from the backend, each partition resumes from its own committed offset and settles its own
+  pending files. A stage whose state spans partitions (the monitor's detectors) must use a
+  backend that commits its transactions whole (on Redis: ``cross_partition``, one hash tag for
+  the whole stage).
 
 Backends: :class:`MemoryStateBackend` below (tests, in-process runs) and the Redis backend in
 ``adapters/redis_state.py``. One contract suite (``tests/unit/state/``) runs over both.
@@ -31,7 +40,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from driftline.core.online import MemoryOnlineStore, OnlineWrite
+from driftline.core.online import MemoryOnlineStore, OnlineWrite, StoreUnavailable
 
 Snapshot = Mapping[str, np.ndarray]
 
@@ -92,9 +101,38 @@ class Transaction:
     def write_online(self, batch: OnlineWrite) -> None:
         self.online.append(batch)
 
+    def split(self, partition_of: Callable[[str], int]) -> tuple[list[Transaction],
+                                                                 list[OnlineWrite]]:
+        """This transaction as one per partition (ascending), for a backend that commits a
+        partition at a time, and the online rows that belong to none of them.
+
+        Each part holds its partition's epoch, log writes and offsets, and the online rows of
+        the entities `partition_of` places in that partition: where readers look for them
+        (``core/partitioner.py``), and the partition whose events computed them as long as the
+        producers use that partitioner. Rows it places in a partition outside this transaction
+        ("strays": a producer with another partitioner, or events sent to a partition by hand)
+        are returned apart, for the backend to write after the parts; pending files stay with
+        the whole transaction.
+        """
+        parts = {p: Transaction({p: epoch}) for p, epoch in sorted(self.epochs.items())}
+        for write in self.logs:
+            parts[write.partition].logs.append(write)
+        for (topic, p), record in self.offsets.items():
+            parts[p].offsets[(topic, p)] = record
+        strays: list[OnlineWrite] = []
+        for batch in self.online:
+            rows: dict[int, list[int]] = {}
+            for i, entity in enumerate(batch.entities):
+                rows.setdefault(partition_of(entity), []).append(i)
+            for p, positions in sorted(rows.items()):
+                part = batch if len(positions) == len(batch.entities) else batch.select(positions)
+                (parts[p].online if p in parts else strays).append(part)
+        return list(parts.values()), strays
+
 
 class StateBackend(Protocol):
-    """Where partition state lives. ``commit`` is atomic: all of it lands, or none of it."""
+    """Where partition state lives. ``commit`` is atomic per partition at least: each
+    partition's part of a transaction lands whole or not at all (see the module docstring)."""
 
     def claim(self, partition: int) -> int:
         """A new epoch for `partition`, larger than any before; earlier owners are fenced."""
@@ -107,7 +145,8 @@ class StateBackend(Protocol):
 
     def commit(self, txn: Transaction) -> None:
         """Apply `txn` if every partition's epoch is still ``txn.epochs[p]``; else raise
-        :class:`Fenced` having written nothing."""
+        :class:`Fenced`, having written nothing of that partition (a backend that commits
+        partition by partition may have committed the partitions before it)."""
 
 
 class PendingFiles(Protocol):
@@ -196,10 +235,22 @@ class PartitionState:
 class MemoryStateBackend:
     """A :class:`StateBackend` in a dict, with an optional :class:`MemoryOnlineStore` that its
     commits write to. Shared by several :class:`PartitionState` objects it behaves like one
-    Redis shared by several workers (claims fence earlier owners)."""
+    Redis shared by several workers (claims fence earlier owners).
 
-    def __init__(self, online: MemoryOnlineStore | None = None) -> None:
+    With ``per_partition`` it commits like the Redis Cluster backend: one partition at a time
+    in ascending order (online rows split by `partition_of`, strays written last), each
+    partition's epoch checked only as that partition commits, so a claim or an outage during a
+    commit leaves the partitions before it committed. ``unreachable`` simulates a Redis node
+    that is down: claiming, loading, checking or committing one of those partitions raises
+    :class:`StoreUnavailable`.
+    """
+
+    def __init__(self, online: MemoryOnlineStore | None = None, *, per_partition: bool = False,
+                 partition_of: Callable[[str], int] | None = None) -> None:
         self.online = online
+        self.per_partition = per_partition
+        self.partition_of = partition_of
+        self.unreachable: set[int] = set()
         self.epochs: dict[int, int] = {}
         self.offsets: dict[tuple[str, int], int] = {}
         self.commits: dict[tuple[str, int], CommitRecord] = {}
@@ -207,10 +258,12 @@ class MemoryStateBackend:
         self.commit_count = 0
 
     def claim(self, partition: int) -> int:
+        self._reach([partition])
         self.epochs[partition] = self.epochs.get(partition, 0) + 1
         return self.epochs[partition]
 
     def load(self, partition: int, topics: Sequence[str], stores: Sequence[str]) -> Restored:
+        self._reach([partition])
         restored = Restored(partition)
         for topic in topics:
             if (topic, partition) in self.offsets:
@@ -222,15 +275,35 @@ class MemoryStateBackend:
         return restored
 
     def check(self, epochs: Mapping[int, int]) -> None:
+        self._reach(epochs)
         for p, epoch in epochs.items():
             if self.epochs.get(p) != epoch:
                 raise Fenced(f"partition {p} was claimed by another owner (epoch "
                              f"{self.epochs.get(p)}, ours {epoch}); nothing was committed")
 
     def commit(self, txn: Transaction) -> None:
-        self.check(txn.epochs)
         if txn.online and self.online is None:
             raise ValueError("this backend has no online store to write the batch's values to")
+        if not self.per_partition:
+            self._apply(txn)
+        else:
+            if txn.online and self.partition_of is None:
+                raise ValueError("a per-partition backend needs partition_of for online rows")
+            parts, strays = txn.split(self.partition_of or _no_online_rows)
+            for part in parts:
+                self._apply(part)
+            for batch in strays:
+                self.online.write(batch)
+        self.commit_count += 1
+
+    def _reach(self, partitions: Iterable[int]) -> None:
+        down = sorted(set(partitions) & self.unreachable)
+        if down:
+            raise StoreUnavailable(f"the store of partition(s) {down} is unreachable")
+
+    def _apply(self, txn: Transaction) -> None:
+        """Check `txn`'s epochs, then write all of it (nothing can fail after the check)."""
+        self.check(txn.epochs)
         for batch in txn.online:
             self.online.write(batch)
         for write in txn.logs:
@@ -241,7 +314,10 @@ class MemoryStateBackend:
         for (topic, p), record in txn.offsets.items():
             self.offsets[(topic, p)] = record.last_offset + 1
             self.commits[(topic, p)] = record
-        self.commit_count += 1
+
+
+def _no_online_rows(entity_id: str) -> int:
+    raise AssertionError("a transaction without online rows asks no entity's partition")
 
 
 def _copy(arrays: Snapshot) -> dict[str, np.ndarray]:

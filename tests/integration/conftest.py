@@ -1,9 +1,14 @@
-"""A real broker and a real Redis for the whole session.
+"""A real broker and a real Redis for the whole session, and a local Redis Cluster for the tests
+that run on both.
 
 ``DRIFTLINE_KAFKA_BOOTSTRAP`` / ``DRIFTLINE_REDIS_URL`` point the tests at servers of your choice
 (any Kafka works); otherwise the embedded broker and a local redis-server are started. A server
 that cannot start raises, so the run fails instead of skipping. Each test gets its own topic
 names and consumer groups, so tests never see each other's messages.
+
+A test marked ``@on_redis_and_cluster`` runs twice: on that Redis, and on a three-node Redis
+Cluster (``redis-server --cluster-enabled yes`` joined by ``redis-cli --cluster create``,
+started once per session when first needed, with the same fail-loudly rule).
 """
 
 from __future__ import annotations
@@ -13,9 +18,9 @@ import os
 from pathlib import Path
 
 import pytest
-import redis
 
 from driftline.adapters import kafka
+from driftline.adapters.redis_client import connect
 from driftline.commands import local_servers
 from driftline.settings import Settings
 
@@ -53,12 +58,31 @@ def servers(tmp_path_factory):
             proc.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A local three-node Redis Cluster (masters only, data in a temporary folder)."""
+    cluster = local_servers.start_redis_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+# Runs a test on one Redis and on the local Redis Cluster: `settings` takes the parameter.
+on_redis_and_cluster = pytest.mark.parametrize("settings", ["redis", "redis-cluster"],
+                                               indirect=True)
+
+
 @pytest.fixture
-def settings(servers, tmp_path) -> Settings:
-    """Dev-profile settings on the session's servers, with topics and groups of this test only."""
+def settings(servers, tmp_path, request) -> Settings:
+    """Dev-profile settings on the session's servers, with topics and groups of this test only;
+    on the Redis Cluster when the test is parametrised so (``on_redis_and_cluster``)."""
     run = f"t{os.getpid()}x{next(_counter)}"
     topics = {f"topic_{role}": f"{run}.{role}" for role in Settings().topics}
-    s = Settings(profile="dev", kafka_bootstrap=servers["kafka"], redis_url=servers["redis"],
+    redis_url = servers["redis"]
+    if getattr(request, "param", "redis") == "redis-cluster":
+        redis_url = request.getfixturevalue("redis_cluster").address
+    s = Settings(profile="dev", kafka_bootstrap=servers["kafka"], redis_url=redis_url,
                  data_dir=tmp_path / "data", partitions=3, group_features=f"{run}-features",
                  group_monitor=f"{run}-monitor", group_controller=f"{run}-controller",
                  worker_port=local_servers.free_port(), monitor_port=local_servers.free_port(),
@@ -69,7 +93,7 @@ def settings(servers, tmp_path) -> Settings:
 
 @pytest.fixture
 def redis_client(settings):
-    client = redis.Redis.from_url(settings.redis_url_or_fail)
+    client = connect(settings.redis_url_or_fail)
     yield client
     client.close()
 

@@ -33,6 +33,7 @@ import pytest
 import requests
 import schemathesis
 
+from driftline.adapters.redis_layout import OnlineKeys
 from driftline.adapters.redis_online import RedisOnlineStore
 from driftline.commands import local_servers
 from driftline.core.features import load_definitions
@@ -75,7 +76,8 @@ def scorer_url(request) -> str:
     settings = settings.replace(scorer_port=local_servers.free_port(),
                                 group_scorer=f"{settings.group_features}-scorer")
     row = np.arange(len(VIEW.feature_names), dtype=np.float64)[None, :]
-    RedisOnlineStore(request.getfixturevalue("redis_client"), 600).write(OnlineWrite(
+    RedisOnlineStore(request.getfixturevalue("redis_client"), 600,
+                     OnlineKeys.for_settings(settings)).write(OnlineWrite(
         VIEW.name, VIEW.version, tuple(VIEW.feature_names), [EXAMPLE_ENTITY], row, [1]))
     proc = start_scorer_process(settings, request.getfixturevalue("tmp_path") / "logs")
     request.addfinalizer(proc.stop)

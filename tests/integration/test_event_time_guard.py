@@ -15,9 +15,10 @@ import urllib.request
 
 import fastavro
 import numpy as np
-import redis
 
 from driftline.adapters.offline_store import OfflineStore
+from driftline.adapters.redis_client import connect
+from driftline.adapters.redis_layout import OnlineKeys
 from driftline.core.demo_events import DemoConfig, DemoGenerator
 from tests.integration.conftest import start_worker_process
 from tests.integration.helpers import avro_schema, consume_all, metric_value
@@ -44,7 +45,7 @@ def test_century_ahead_event_between_good_events_is_dead_lettered_and_silences_n
     assert len(by_partition[bad_partition]) > 1000, "the broken event must sit mid-partition"
 
     proc = start_worker_process(settings, tmp_path / "logs")
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     try:
         wait_done(client, settings, by_partition)  # every offset, the bad one's included
         metrics = urllib.request.urlopen(f"{proc.address}/metrics", timeout=5).read().decode()
@@ -70,10 +71,11 @@ def test_century_ahead_event_between_good_events_is_dead_lettered_and_silences_n
             for p, events in by_partition.items()}
     oracle = expected(good)
     assert all(not r.late.any() for r in oracle.values())
+    online_keys = OnlineKeys.for_settings(settings)
     for result in oracle.values():
         for entity, (event_time, values) in result.final_online.items():
             row = {k.decode(): v.decode()
-                   for k, v in client.hgetall(f"dl:f:{VIEW.name}:{entity}").items()}
+                   for k, v in client.hgetall(online_keys.feature(VIEW.name, entity)).items()}
             assert int(row["_event_time"]) == event_time
             np.testing.assert_allclose([float(row[n]) for n in VIEW.feature_names], values,
                                        rtol=1e-9, atol=1e-9, err_msg=entity)

@@ -2,7 +2,8 @@
 
 Events are produced to explicit partitions by the test, so the test knows every offset and can
 compute the expected features itself (``tests/unit/features/feature_oracle.py``) without reading
-anything Driftline wrote about the input.
+anything Driftline wrote about the input. The oracle, kill -9, fencing and Redis-outage tests
+run on one Redis and on a local three-node Redis Cluster (one MULTI per partition there).
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ import pytest
 import redis
 
 from driftline.adapters.offline_store import OfflineStore
+from driftline.adapters.redis_client import connect
+from driftline.adapters.redis_layout import OnlineKeys, StateKeys
 from driftline.commands import local_servers
 from driftline.commands.backfill import audit_skew
 from driftline.core.demo_events import DemoConfig, DemoGenerator
 from driftline.core.features import load_definitions
 from driftline.feature_defs import DEFINITIONS_DIR
-from tests.integration.conftest import start_worker_process
+from tests.integration.conftest import on_redis_and_cluster, start_worker_process
 from tests.integration.helpers import consume_all, metric_value, wait_for
 from tests.unit.features.feature_oracle import run_oracle_by_partition
 
@@ -71,8 +74,11 @@ def expected(by_partition: dict[int, list[dict]]):
 
 
 def committed(client: redis.Redis, settings) -> dict[int, int]:
-    raw = client.hgetall(f"dl:offsets:{settings.group_features}:{settings.topic_events}")
-    return {int(k): int(v) for k, v in raw.items()}
+    """Partition -> next offset, as the worker's partition state committed it."""
+    keys = StateKeys(settings.group_features, settings.topic_events)
+    raw = {p: client.hget(keys.offsets(p), settings.topic_events)
+           for p in range(settings.partitions)}
+    return {p: int(v) for p, v in raw.items() if v is not None}
 
 
 def wait_done(client, settings, by_partition, timeout=120):
@@ -85,9 +91,10 @@ def check_everything(settings, client, by_partition, oracle):
     names = list(VIEW.feature_names)
     # Online store: every entity's values equal the oracle's final online values.
     n_entities = 0
+    online_keys = OnlineKeys.for_settings(settings)  # where readers look for an entity
     for result in oracle.values():
         for entity, (event_time, values) in result.final_online.items():
-            key = f"dl:f:{VIEW.name}:{entity}"
+            key = online_keys.feature(VIEW.name, entity)
             raw = client.hgetall(key)
             assert raw, f"no online row for {entity}"
             assert 0 < client.pttl(key) <= settings.redis_ttl_s * 1000, "TTL not applied"
@@ -116,6 +123,7 @@ def check_everything(settings, client, by_partition, oracle):
     return n_applied
 
 
+@on_redis_and_cluster
 def test_features_equal_the_oracle_online_offline_and_on_the_topic(settings, tmp_path):
     settings = settings.replace(batch_size=2000)
     events = make_stream(6000, 800, seed=5)
@@ -124,7 +132,7 @@ def test_features_equal_the_oracle_online_offline_and_on_the_topic(settings, tmp
     n_late = sum(int(r.late.sum()) for r in oracle.values())
     assert n_late >= 12
     proc = start_worker_process(settings, tmp_path / "logs")
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     try:
         wait_done(client, settings, by_partition)
         n_applied = check_everything(settings, client, by_partition, oracle)
@@ -156,7 +164,9 @@ def check_backfill_and_audit(settings, client, n_applied):
     listed = json.loads(run_cli(settings, "features", "list", "--json").stdout)
     assert [r["name"] for r in listed] == list(VIEW.feature_names)
     assert {r["version"] for r in listed} == {VIEW.version}
-    entity = client.keys(f"dl:f:{VIEW.name}:*")[0].decode().rsplit(":", 1)[1]
+    online_keys = OnlineKeys.for_settings(settings)
+    entity = online_keys.entity_of(next(client.scan_iter(match=online_keys.pattern(VIEW.name))),
+                                   VIEW.name)
     got = json.loads(run_cli(settings, "features", "get", entity, "--json").stdout)
     assert got["views"][VIEW.name]["version"] == VIEW.version
     # The audit can fail: corrupt one served value and it must report exactly that row.
@@ -171,12 +181,13 @@ def check_backfill_and_audit(settings, client, n_applied):
     assert run_cli(settings, "audit", "skew").returncode == 1
 
 
+@on_redis_and_cluster
 def test_kill_9_mid_stream_then_restart_changes_no_value(settings, tmp_path):
     settings = settings.replace(batch_size=300)
     events = make_stream(6000, 800, seed=9)
     by_partition = produce_stream(settings, events)
     oracle = expected(by_partition)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     total = len(events)
     proc = start_worker_process(settings, tmp_path / "logs", name="worker-1")
     try:
@@ -204,7 +215,7 @@ def test_a_second_worker_joining_mid_stream_takes_over_partitions_with_their_sta
     events = make_stream(6000, 800, seed=17)
     half = len(events) // 2
     by_partition = produce_stream(settings, events[:half])
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     first = start_worker_process(settings, tmp_path / "logs", name="worker-1")
     second = None
     try:
@@ -227,33 +238,69 @@ def test_a_second_worker_joining_mid_stream_takes_over_partitions_with_their_sta
             second.stop()
 
 
-def test_redis_outage_mid_stream_is_waited_out_without_loss(settings, tmp_path):
+class OwnRedis:
+    """A Redis of one test's own, persisted, that the test takes down and brings back (same
+    port, same data): one redis-server, or on a Redis Cluster the node holding partition 0's
+    state (its slots fail; the other nodes stay up)."""
+
+    def __init__(self, kind: str, folder, settings) -> None:
+        self.kind = kind
+        if kind == "redis":
+            self.server = local_servers.start_redis(folder, persist=True)
+            self.port = int(self.server.address.rsplit(":", 1)[1].split("/")[0])
+            self.url = self.server.address
+        else:
+            self.cluster = local_servers.start_redis_cluster(folder, persist=True)
+            self.url = self.cluster.address
+            key = StateKeys(settings.group_features, settings.topic_events).epoch(0)
+            with connect(self.url) as client:
+                self.node = self.cluster.ports.index(client.get_node_from_key(key).port)
+
+    def take_down(self) -> None:
+        if self.kind == "redis":
+            self.server.stop()  # SIGTERM: Redis flushes its append-only file and exits
+        else:
+            self.cluster.stop_node(self.node)
+
+    def bring_back(self) -> None:
+        if self.kind == "redis":
+            self.server = local_servers.start_redis(self.server.log_path.parent, port=self.port,
+                                                    persist=True)
+        else:
+            self.cluster.start_node(self.node)
+
+    def stop(self) -> None:
+        (self.server if self.kind == "redis" else self.cluster).stop()
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+def test_redis_outage_mid_stream_is_waited_out_without_loss(settings, tmp_path, kind):
     """Redis goes away mid-stream and comes back (same data): the worker retries with back-off
-    from its last committed state and ends exactly where the oracle says."""
-    redis_dir = tmp_path / "redis"
-    server = local_servers.start_redis(redis_dir, persist=True)
-    port = int(server.address.rsplit(":", 1)[1].split("/")[0])
-    settings = settings.replace(redis_url=server.address, batch_size=300)
+    from its last committed state and ends exactly where the oracle says. On the cluster one
+    node of three goes away: the partitions there fail, and nothing is lost or double-counted
+    on any node."""
+    own = OwnRedis(kind, tmp_path / "redis", settings)
+    settings = settings.replace(redis_url=own.url, batch_size=300)
     events = make_stream(4000, 600, seed=13)
     by_partition = produce_stream(settings, events)
     oracle = expected(by_partition)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     proc = start_worker_process(settings, tmp_path / "logs")
     try:
         wait_for(lambda: sum(committed(client, settings).values()) >= len(events) // 4,
                  timeout=120, interval=0.02, what="a quarter of the stream")
-        server.stop()  # SIGTERM: Redis flushes its append-only file and exits
+        own.take_down()
         time.sleep(3)
         health = json.loads(urllib.request.urlopen(f"{proc.address}/health", timeout=5).read())
         assert health["status"] == "ok" and health["retrying"], health
-        server = local_servers.start_redis(redis_dir, port=port, persist=True)
+        own.bring_back()
         wait_done(client, settings, by_partition)
         check_everything(settings, client, by_partition, oracle)
         metrics = urllib.request.urlopen(f"{proc.address}/metrics", timeout=5).read().decode()
         assert metric_value(metrics, "driftline_batch_failures_total") >= 1
     finally:
         proc.stop()
-        server.stop()
+        own.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -263,6 +310,7 @@ def _no_stray_env(monkeypatch):
         monkeypatch.delenv(key)
 
 
+@on_redis_and_cluster
 def test_a_worker_that_lost_its_partition_cannot_commit_over_the_new_owner(settings):
     """Zombie fencing, driven in-process on real Redis and Kafka: worker A is claimed over in
     the middle of a batch (its commit must fail), keeps trying (refused), and the partition's
@@ -275,8 +323,7 @@ def test_a_worker_that_lost_its_partition_cannot_commit_over_the_new_owner(setti
     events = DemoGenerator(config).events(1500)
 
     def batch(lo: int, hi: int) -> PartitionBatch:
-        return PartitionBatch(0, records=events[lo:hi], offsets=list(range(lo, hi)),
-                              messages=[None] * (hi - lo), append_times_ms=[0] * (hi - lo))
+        return PartitionBatch.of_records(0, events[lo:hi], list(range(lo, hi)))
 
     a = build_pipeline(settings).downstream
     b = build_pipeline(settings).downstream
@@ -298,7 +345,7 @@ def test_a_worker_that_lost_its_partition_cannot_commit_over_the_new_owner(setti
     a.on_assign([0])  # and back to A, which must continue from B's commits
     a.process([batch(1000, 1500)])
 
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     assert committed(client, settings) == {0: 1500}
     oracle = expected({0: events})
     check_everything(settings, client, {0: events}, oracle)

@@ -211,8 +211,11 @@ def _expected_offsets(settings, records: list[dict]) -> dict[int, int]:
 
 
 def _committed(settings, topic: str) -> dict[int, int]:
-    import redis
+    from driftline.adapters.redis_client import connect
+    from driftline.adapters.redis_layout import StateKeys
 
-    client = redis.Redis.from_url(settings.redis_url)
-    raw = client.hgetall(f"dl:offsets:{settings.group_monitor}:{topic}")
-    return {int(k): int(v) for k, v in raw.items()}
+    # The monitor's state is cross-partition: its detectors span partitions (monitor_service).
+    keys = StateKeys(settings.group_monitor, settings.topic_predictions, cross_partition=True)
+    with connect(settings.redis_url) as client:
+        raw = {p: client.hget(keys.offsets(p), topic) for p in range(settings.partitions)}
+    return {p: int(v) for p, v in raw.items() if v is not None}

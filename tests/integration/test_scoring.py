@@ -16,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from driftline.adapters.redis_layout import OnlineKeys
 from driftline.adapters.redis_online import RedisOnlineStore
 from driftline.commands import local_servers
 from driftline.core.codec.single_object import encode
@@ -179,7 +180,7 @@ def test_http_api_scores_refuses_precisely_and_keeps_serving(scorer_settings, sc
     expected = onnx_scores(s, 1, [{"inputs": record["values"]}])[0]
     assert body["score"] == pytest.approx(expected, rel=1e-6)
     # Features from the online store.
-    store = RedisOnlineStore(redis_client, 60)
+    store = RedisOnlineStore(redis_client, 60, OnlineKeys.for_settings(s))
     row = np.array([[np.nan if record["values"][n] is None else record["values"][n]
                      for n in NAMES]])
     store.write(OnlineWrite(VIEW.name, VIEW.version, tuple(NAMES), ["card-http"], row, [123]))

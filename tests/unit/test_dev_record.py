@@ -74,6 +74,13 @@ def test_live_record_is_adopted(tmp_path, listening):
     assert s.redis_url_or_fail == s.redis_url
 
 
+def test_a_record_of_a_stack_on_a_redis_cluster_is_adopted(tmp_path, listening, closed_port):
+    """Its first node is the one checked (a `driftline dev` given a redis+cluster:// URL)."""
+    url = f"redis+cluster://127.0.0.1:{listening[1]},127.0.0.1:{closed_port}"
+    record = write_record(tmp_path / "dev.json", os.getpid(), *listening, redis_url=url)
+    assert Settings.discover(env_for(record)).redis_url == url
+
+
 def test_explicit_variables_win_field_by_field(tmp_path, listening):
     record = write_record(tmp_path / "dev.json", os.getpid(), *listening)
     s = Settings.discover(env_for(record, DRIFTLINE_DATA_DIR="/mine",
@@ -154,7 +161,8 @@ def test_dev_writes_a_record_that_discover_reads_and_removes_only_its_own(tmp_pa
     monkeypatch.chdir(tmp_path)
     record = tmp_path / "nested" / "dev.json"
     stack = Stack(Settings(profile="dev", kafka_bootstrap=f"127.0.0.1:{listening[0]}",
-                           redis_url=f"redis://127.0.0.1:{listening[1]}/0", dev_record=record))
+                           redis_url=f"redis://127.0.0.1:{listening[1]}/0", dev_record=record,
+                           partitions=2, partitioner="murmur2_random"))
     assert write_dev_record(stack, {"worker": "http://127.0.0.1:1"}) == record
     assert [p.name for p in record.parent.iterdir()] == ["dev.json"]  # no temporary left
     live, problem = read_dev_record(record)
@@ -166,6 +174,9 @@ def test_dev_writes_a_record_that_discover_reads_and_removes_only_its_own(tmp_pa
     s = Settings.discover(env_for(record))
     assert s.data_dir == tmp_path / "data"  # absolute: the dev stack's folder, not our cwd
     assert s.kafka_bootstrap == stack.settings.kafka_bootstrap
+    # `features get` finds an entity's online values by its partition: the stack's count
+    assert (s.partitions, s.partitioner) == (2, "murmur2_random")
+    assert Settings.discover(env_for(record, DRIFTLINE_PARTITIONS="4")).partitions == 4
 
     taken = json.loads(record.read_text()) | {"pid": os.getpid() + 1}  # a newer dev owns it
     record.write_text(json.dumps(taken))

@@ -35,6 +35,8 @@ def test_env_values_are_parsed():
     ({"DRIFTLINE_PROFILE": "staging"}, "expected one of dev, prod"),
     ({"DRIFTLINE_PARTITIONS": "0"}, "must be >= 1"),
     ({"DRIFTLINE_LOG_LEVEL": "loud"}, "DRIFTLINE_LOG_LEVEL='loud': expected one of debug"),
+    ({"DRIFTLINE_PARTITIONER": "murmur3"},
+     "DRIFTLINE_PARTITIONER='murmur3': expected one of consistent_random, murmur2_random"),
 ])
 def test_bad_settings_are_refused_with_the_variable_named(env, message):
     with pytest.raises(ValueError, match=None) as info:
@@ -51,3 +53,12 @@ def test_every_setting_is_documented():
     rows = describe()
     assert all(env.startswith("DRIFTLINE_") and doc for env, _, doc in rows)
     assert len({env for env, _, _ in rows}) == len(rows)
+
+
+def test_the_producers_partitioner_is_the_setting():
+    """Readers of the online store compute partitions with the same setting (redis_layout)."""
+    from driftline.adapters.kafka import producer_config
+
+    for name in ("consistent_random", "murmur2_random"):
+        config = producer_config(Settings(kafka_bootstrap="h:1", partitioner=name))
+        assert config["partitioner"] == name

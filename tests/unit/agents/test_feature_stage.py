@@ -25,7 +25,7 @@ from driftline.core.codec.decoder import Decoder
 from driftline.core.codec.schema_set import SchemaSet
 from driftline.core.demo_events import DemoConfig, DemoGenerator
 from driftline.core.features import load_definitions
-from driftline.core.online import MemoryOnlineStore
+from driftline.core.online import MemoryOnlineStore, StoreUnavailable
 from driftline.core.state import Fenced, MemoryStateBackend, PartitionState
 from driftline.feature_defs import DEFINITIONS_DIR
 from tests.fakes import RecordingProducer, batches, messages
@@ -174,6 +174,38 @@ def test_a_fenced_worker_commits_nothing_and_the_new_owner_continues(tmp_path, s
         feed(zombie, stream, 200, 400)
     feed(owner, stream, 200, END)
     # The zombie's pending files were written before the owner's assignment settled them away.
+    check(backend, tmp_path, stream)
+
+
+def test_a_commit_that_landed_for_one_partition_only_replays_exactly(tmp_path, stream):
+    """Committing partition by partition (a Redis Cluster), the store of partition 1 goes down
+    in the middle of a commit, after partition 0's part landed. The batch loop's rebuild then
+    resumes partition 0 after that batch and partition 1 at it: online values, Parquet rows and
+    offsets end exactly as the oracle says, nothing pending or duplicated."""
+    backend = MemoryStateBackend(online=MemoryOnlineStore(), per_partition=True,
+                                 partition_of=lambda e: zlib.crc32(e.encode()) % 2)
+    worker = Worker(backend, tmp_path)
+    worker.assign(0, 1)
+    feed(worker, stream, 0, 200)
+    flush = worker.producer.flush_or_raise
+
+    def store_of_1_goes_down(*args):
+        flush(*args)
+        backend.unreachable = {1}  # after the batch's begin, before its commit
+
+    worker.producer.flush_or_raise = store_of_1_goes_down
+    with pytest.raises(StoreUnavailable):
+        feed(worker, stream, 200, 400)
+    worker.producer.flush_or_raise = flush
+    assert backend.offsets == {(EVENTS, 0): 400, (EVENTS, 1): 200}  # a partial commit
+    assert list(tmp_path.rglob("p0-*.pending-*")) and list(tmp_path.rglob("p1-*.pending-*"))
+    backend.unreachable = set()
+    # What the batch loop does next: rebuild every partition and rewind each to its state.
+    worker.pipeline.on_revoke([PartitionId(EVENTS, 0), PartitionId(EVENTS, 1)])
+    assert worker.assign(0, 1) == {PartitionId(EVENTS, 0): 400, PartitionId(EVENTS, 1): 200}
+    assert not list(tmp_path.rglob("*.pending-*"))  # p0's published, p1's removed
+    worker.pipeline.process(batches(encoded(stream, 1, 200, 400)))
+    feed(worker, stream, 400, END)
     check(backend, tmp_path, stream)
 
 

@@ -1,24 +1,25 @@
 """One contract, every backend: the partition state behaves the same in memory and on Redis.
 
-Each test takes the ``make`` fixture, which builds :class:`PartitionState` objects sharing one
-backend instance of the parametrised kind (two of them model two workers of one group). The
-Redis variant talks to a real redis-server and carries the ``integration`` marker.
+Each test takes the ``kit`` fixture, which builds :class:`PartitionState` objects sharing one
+backend instance of the parametrised kind (two of them model two workers of one group): in
+memory, committing whole or partition by partition; on one real redis-server; on a real local
+Redis Cluster of three nodes (one MULTI per partition). The Redis variants carry the
+``integration`` marker.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
 
+from driftline.adapters.redis_client import connect
+from driftline.adapters.redis_layout import OnlineKeys
 from driftline.adapters.redis_online import RedisOnlineStore
 from driftline.adapters.redis_state import RedisStateBackend
-from driftline.commands import local_servers
-from driftline.core.online import MemoryOnlineStore, OnlineWrite
+from driftline.core.online import MemoryOnlineStore, OnlineWrite, StoreUnavailable
 from driftline.core.state import (
     CommitRecord,
     Fenced,
@@ -28,19 +29,9 @@ from driftline.core.state import (
 )
 
 TOPIC, OTHER = "events", "labels"
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    url = os.environ.get("DRIFTLINE_REDIS_URL")
-    if url:
-        yield url
-        return
-    server = local_servers.start_redis(tmp_path_factory.mktemp("redis"))
-    try:
-        yield server.address
-    finally:
-        server.stop()
+ONLINE_KEYS = OnlineKeys(TOPIC, partitions=4)  # where online rows go, in memory as on Redis
+PER_PARTITION = ("memory-per-partition", "redis-cluster")  # kinds that commit a partition at a
+# time: a failure midway leaves the partitions before it committed
 
 
 class Files:
@@ -62,14 +53,18 @@ class Kit:
 
     def __init__(self, kind: str, request) -> None:
         self.kind = kind
-        if kind == "memory":
+        if kind.startswith("memory"):
             self.online = MemoryOnlineStore()
-            self.backend = MemoryStateBackend(online=self.online)
+            self.backend = MemoryStateBackend(online=self.online,
+                                              per_partition=kind == "memory-per-partition",
+                                              partition_of=ONLINE_KEYS.partition)
         else:
-            client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
-            request.addfinalizer(client.close)
-            self.online = RedisOnlineStore(client, ttl_s=60)
-            self.backend = RedisStateBackend(client, f"g-{uuid.uuid4().hex[:8]}", TOPIC,
+            url = request.getfixturevalue("redis_cluster_url" if kind == "redis-cluster"
+                                          else "redis_url")
+            self.client = connect(url)
+            request.addfinalizer(self.client.close)
+            self.online = RedisOnlineStore(self.client, ttl_s=60, keys=ONLINE_KEYS)
+            self.backend = RedisStateBackend(self.client, f"g-{uuid.uuid4().hex[:8]}", TOPIC,
                                              online=self.online)
 
     def state(self, stores=("a", "b"), topics=(TOPIC,), compact_every=3,
@@ -78,7 +73,9 @@ class Kit:
                               compact_every=compact_every)
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
+@pytest.fixture(params=["memory", "memory-per-partition",
+                        pytest.param("redis", marks=pytest.mark.integration),
+                        pytest.param("redis-cluster", marks=pytest.mark.integration)])
 def kit(request) -> Kit:
     return Kit(request.param, request)
 
@@ -95,6 +92,13 @@ def assert_log(log: list[dict[str, np.ndarray]], expected: list[dict[str, np.nda
         for name in want:
             assert got[name].dtype == want[name].dtype, name
             np.testing.assert_array_equal(got[name], want[name])
+
+
+def entity_in(partition: int, prefix: str = "e") -> str:
+    """An entity id the online keys place in `partition`, unique to this call."""
+    stem = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    return next(f"{stem}-{i}" for i in range(1000) if ONLINE_KEYS.partition(f"{stem}-{i}")
+                == partition)
 
 
 def commit_batch(state: PartitionState, p: int, first: int, last: int, i: int,
@@ -193,17 +197,68 @@ def test_a_revoked_partition_cannot_be_committed(kit):
 
 
 def test_online_values_land_with_the_commit(kit):
+    """Two entities of partition 0 and one the partitioner puts in partition 3 (its events came
+    from partition 0 all the same: a producer with another partitioner). All three are
+    readable after the commit, none before; a cluster writes the third just after it."""
     state = kit.state()
     state.assign([0])
     txn = state.begin([0])
-    values = np.array([[1.5, np.nan], [-2.0, 3.25]])
-    txn.write_online(OnlineWrite("view", "7", ("f1", "f2"), ["e1", "e2"], values, [10, 20]))
-    txn.consumed(TOPIC, 0, 0, 1)
-    assert kit.online.read("view", "e1") is None
+    e1, e2, stray = entity_in(0), entity_in(0), entity_in(3)
+    values = np.array([[1.5, np.nan], [-2.0, 3.25], [4.0, 5.0]])
+    txn.write_online(OnlineWrite("view", "7", ("f1", "f2"), [e1, e2, stray], values,
+                                 [10, 20, 30]))
+    txn.consumed(TOPIC, 0, 0, 2)
+    assert kit.online.read("view", e1) is None
     state.commit(txn)
-    row = kit.online.read("view", "e2")
+    row = kit.online.read("view", e2)
     assert (row.version, row.event_time_ms, row.values) == ("7", 20, {"f1": -2.0, "f2": 3.25})
-    assert np.isnan(kit.online.read("view", "e1").values["f2"])
+    assert np.isnan(kit.online.read("view", e1).values["f2"])
+    assert kit.online.read("view", stray).values == {"f1": 4.0, "f2": 5.0}
+
+
+def test_a_commit_that_fails_midway_leaves_every_partition_whole_or_untouched(kit):
+    """Partition 1 is claimed by another owner while this one computes a batch of 0 and 1. A
+    backend that commits whole refuses all of it; one that commits partition by partition (a
+    Redis Cluster) lands partition 0 and refuses 1. Either way no partition is half-written,
+    nothing is published, and the next owner resumes each partition from its own commit."""
+    files = Files()
+    owner = kit.state(files=files)
+    owner.assign([0, 1])
+    txn = owner.begin([0, 1])
+    e0, e1 = entity_in(0), entity_in(1)
+    for p in (0, 1):
+        owner.append(txn, p, "a", arrays(p), lambda: arrays(-1))
+        txn.consumed(TOPIC, p, 0, 9)
+        txn.pending.append(f"p{p}-0-9.parquet.pending")
+    txn.write_online(OnlineWrite("v", "1", ("f",), [e0, e1], np.array([[1.0], [2.0]]), [1, 2]))
+    kit.state().assign([1])
+    with pytest.raises(Fenced):
+        owner.commit(txn)
+    assert files.published == []  # what did land is published by the next owner's settling
+    landed = kit.kind in PER_PARTITION
+    restored = kit.state().assign([0, 1])
+    assert restored[0].offsets == ({TOPIC: 10} if landed else {})
+    assert restored[0].last_commits.get(TOPIC) == \
+        (CommitRecord(owner.epochs[0], 0, 9) if landed else None)
+    assert_log(restored[0].logs["a"], [arrays(0)] if landed else [])
+    assert (kit.online.read("v", e0) is not None) == landed
+    assert restored[1].offsets == {} and restored[1].logs["a"] == []
+    assert kit.online.read("v", e1) is None
+
+
+def test_an_unreachable_partition_store_fails_its_operations():
+    """The in-memory simulation of a Redis node that is down (``unreachable``): claims, loads,
+    checks and commits of its partitions raise, the other partitions carry on. (On Redis this is
+    the outage test in tests/integration/test_features.py.)"""
+    backend = MemoryStateBackend(per_partition=True)
+    state = PartitionState(backend, [TOPIC], ["a"])
+    state.assign([0, 1])
+    backend.unreachable = {1}
+    for attempt in (lambda: state.begin([0, 1]),
+                    lambda: PartitionState(backend, [TOPIC], ["a"]).assign([1])):
+        with pytest.raises(StoreUnavailable):
+            attempt()
+    commit_batch(state, 0, 0, 0, 1)  # partition 0's store is up
 
 
 def test_pending_files_are_settled_on_assignment_and_published_after_a_commit(kit):
