@@ -1,23 +1,29 @@
-"""End-to-end throughput of Driftline's feature worker against two stream-processing peers.
+"""End-to-end throughput of Driftline's feature worker against stream-processing peers.
 
 Run by hand: ``.venv/bin/python bench/bench_pipeline.py --events 1000000``.
 
 One run starts the embedded broker and a throw-away redis-server, produces N demo events (Avro
-single-object, keyed by entity_id) to one 6-partition topic, then measures, one at a time and each
-in a fresh consumer group over the same topic contents:
+single-object, keyed by entity_id) to one 6-partition topic (and, when a selected peer reads
+JSON, a JSON copy of the same events to a second topic), then measures, one at a time and each in
+a fresh consumer group over the same topic contents:
 
-1. the `driftline worker` process: from partitions assigned until the offsets it commits to Redis
-   reach the end of every partition; then a latency phase at a fixed produce rate, with exact
-   event-to-Redis latencies measured here (commit observed by polling the offsets hash) next to
-   the estimate from the worker's own histogram; then (unless ``--no-predictions``) a
-   `driftline serve` scorer with a freshly trained model joins, and a second latency phase
-   measures event-to-store and event-to-prediction (event created to its prediction read from
-   the predictions topic) with both services running;
-2. `bench/peer_faust.py`: a bare Faust agent that only counts raw messages;
-3. `bench/peer_quix.py`: Quix Streams decoding the Avro and summing amount in a 1 h sliding
-   window per entity.
+1. the peers of ``--peers`` (`bench/peers.py`): a bare Faust agent that only counts, Quix
+   Streams, Bytewax and Pathway each computing a per-entity 1 h window sum of amount (each
+   peer's docstring says exactly what), the last three in virtualenvs of their own. They run
+   first, before Driftline's latency phases append events to the topic, so that every system's
+   full-load phase reads exactly the N events;
+2. `driftline worker`: for each count of ``--workers`` (``1,2`` measures one process, then two in
+   one group; each count has its own group, features topic and data directory), from the moment
+   every partition is assigned across the processes' ``/health`` until the offsets they commit
+   to Redis reach the end of every partition. With the last count still running: a latency
+   phase at a fixed produce rate, with exact event-to-Redis latencies measured here (commit
+   observed by polling the offsets) next to the estimate from the workers' own histograms; then
+   (unless ``--no-predictions``) for each count of ``--scorers``, that many `driftline serve`
+   scorers in one group score the features backlog (their combined rate), and with the last
+   count running a second latency phase measures event-to-store and event-to-prediction (event
+   created to its prediction read from the predictions topic).
 
-Prints a Markdown table and writes it to ``bench/results/pipeline-<date>.md``.
+Prints Markdown tables and writes them to ``bench/results/pipeline-<date>.md``.
 """
 
 from __future__ import annotations
@@ -25,28 +31,34 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import redis
 from confluent_kafka import Consumer, Producer, TopicPartition
+from peers import DEFAULT_PEERS, PEERS, Peer, RunContext, python_for, version_of
 
 from driftline.adapters import kafka
+from driftline.adapters.redis_layout import StateKeys
 from driftline.commands import local_servers
-from driftline.commands.dev_stack import wait_healthy
+from driftline.commands.dev_stack import spawn_service
 from driftline.commands.local_servers import ManagedProcess
 from driftline.core.codec.feature_records import leading_string
-from driftline.core.codec.schema_set import SchemaSet
-from driftline.core.codec.single_object import encode
+from driftline.core.codec.schema_set import SchemaSet, strip_logical_types
+from driftline.core.codec.single_object import MAGIC, encode
 from driftline.core.demo_events import DemoConfig, DemoGenerator
 from driftline.settings import Settings
 
@@ -63,6 +75,16 @@ class Row:
     command: str
 
 
+@dataclass
+class Scale:
+    """One full-load measurement of a stage with a given number of processes in one group."""
+
+    stage: str
+    processes: int
+    rate: float | None
+    load: float  # 1-min load average as the processes started: were the cores free?
+
+
 # -- producing ---------------------------------------------------------------------------------
 class EventSource:
     """Demo events, encoded, in event-time order; later calls continue the same stream."""
@@ -72,16 +94,37 @@ class EventSource:
         self.schemas = SchemaSet.load()
 
     def encoded(self, n: int) -> list[tuple[bytes, bytes]]:
-        out = []
+        return self._encode(n, json_copy=False)[0]
+
+    def encoded_with_json(self, n: int) -> tuple[list[tuple[bytes, bytes]],
+                                                 list[tuple[bytes, bytes]]]:
+        """The next n events as Avro single-object and, the same events, as compact JSON."""
+        return self._encode(n, json_copy=True)
+
+    def _encode(self, n: int, json_copy: bool) -> tuple[list[tuple[bytes, bytes]],
+                                                        list[tuple[bytes, bytes]]]:
+        avro, as_json = [], []
         for start in range(0, n, 50_000):
             for event in self.generator.events(min(50_000, n - start)):
-                out.append((event["entity_id"].encode(), encode(EVENT_SCHEMA, event, self.schemas)))
-        return out
+                key = event["entity_id"].encode()
+                avro.append((key, encode(EVENT_SCHEMA, event, self.schemas)))
+                if json_copy:
+                    as_json.append((key, json.dumps(event, separators=(",", ":")).encode()))
+        return avro, as_json
 
 
-def produce_all(settings: Settings, messages: list[tuple[bytes, bytes]], compression: str
-                ) -> tuple[float, dict[int, int]]:
-    """Produce as fast as the producer goes.
+def write_peer_schema(path: Path) -> Path:
+    """The events' writer schema for peers that run without Driftline (`peer_common.py`): the
+    single-object header and the schema without logical types (event_time as int ms)."""
+    schema = SchemaSet.load().get(EVENT_SCHEMA)
+    path.write_text(json.dumps({"header_hex": (MAGIC + schema.fingerprint).hex(),
+                                "schema": strip_logical_types(schema.declared)}))
+    return path
+
+
+def produce_all(settings: Settings, messages: list[tuple[bytes, bytes]], compression: str,
+                topic: str | None = None) -> tuple[float, dict[int, int]]:
+    """Produce as fast as the producer goes (to the events topic unless `topic`).
 
     Returns the seconds until every message was acked and the end offset of each partition,
     taken from the delivery reports: ListOffsets on the embedded broker answers a wrong high
@@ -98,7 +141,7 @@ def produce_all(settings: Settings, messages: list[tuple[bytes, bytes]], compres
 
     producer = Producer(kafka.producer_config(settings, on_delivery=on_delivery,
                                               **{"compression.type": compression}))
-    topic = settings.topic_events
+    topic = topic or settings.topic_events
     started = time.perf_counter()
     for key, value in messages:
         while True:
@@ -115,42 +158,128 @@ def produce_all(settings: Settings, messages: list[tuple[bytes, bytes]], compres
     return elapsed, ends
 
 
-# -- Driftline ---------------------------------------------------------------------------------
-def start_worker(settings: Settings, log_dir: Path) -> tuple[ManagedProcess, float]:
-    """The worker process and the wall-clock time its partitions were seen assigned."""
-    env = local_servers.child_env(settings.to_env())
-    proc = local_servers.spawn("worker", local_servers.python_argv("worker"), log_dir,
-                          f"http://127.0.0.1:{settings.worker_port}", env=env)
-    deadline = time.monotonic() + 90
-    while True:  # wait_healthy polls every 0.2 s; poll faster so the start time is tight
+# -- Driftline processes -----------------------------------------------------------------------
+def start_services(settings: Settings, service: str, n: int, log_dir: Path, tag: str
+                   ) -> list[ManagedProcess]:
+    """n `driftline worker` or `serve` processes in one consumer group, each on a free port,
+    spawned together so that their group joins overlap."""
+    role = {"worker": "worker_port", "scorer": "scorer_port"}[service]
+    procs: list[ManagedProcess] = []
+    try:
+        for i in range(n):
+            procs.append(spawn_service(settings.replace(**{role: 0}), service, log_dir,
+                                       name=f"{tag}-{i + 1}"))
+    except BaseException:
+        stop_all(procs)
+        raise
+    return procs
+
+
+def stop_all(procs: list[ManagedProcess]) -> None:
+    for proc in procs:
+        proc.stop()
+
+
+def health(proc: ManagedProcess) -> dict | None:
+    """The process's /health body (also from a 503), or None while it does not answer."""
+    try:
+        with urllib.request.urlopen(f"{proc.address}/health", timeout=1) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
         try:
-            wait_healthy(f"{proc.address}/health", proc, 1,
-                         ready=lambda b: b.get("status") == "ok"
-                         and len(b["assigned_partitions"]) == settings.partitions)
-            return proc, time.time()
-        except local_servers.ServerStartError:
-            if not proc.alive() or time.monotonic() > deadline:
-                proc.stop()
-                raise
+            return json.loads(exc.read())
+        except ValueError:
+            return None
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def wait_settled(procs: list[ManagedProcess], partitions: int,
+                 stream: Callable[[dict], dict | None], timeout: float = 90.0) -> float:
+    """The wall-clock time at which the group's assignment has settled: every partition
+    assigned exactly once across `procs`, and every process holding some (one without any has
+    not joined yet: a rebalance is still to come). The start of a full-load clock.
+
+    `stream` picks the batch loop's part of a /health body (the worker's is the body itself,
+    the scorer's is under ``stream``)."""
+    deadline = time.monotonic() + timeout
+    holders = min(len(procs), partitions)
+    last = "no answer"
+    while True:
+        owned: list[list[int]] = []
+        for proc in procs:
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited:\n{proc.log_tail(40)}")
+            body = health(proc)
+            loop = stream(body) if body is not None else None
+            ok = loop is not None and loop.get("status") == "ok"
+            owned.append(list(loop.get("assigned_partitions", [])) if ok else [])
+        flat = sorted(p for ps in owned for p in ps)
+        if flat == list(range(partitions)) and sum(1 for ps in owned if ps) == holders:
+            return time.time()
+        last = str(owned)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"assignment not settled within {timeout:.0f}s ({last}):\n"
+                               f"{procs[0].log_tail(20)}")
+        time.sleep(0.02)
 
 
 def committed(client: redis.Redis, settings: Settings) -> dict[int, int]:
-    key = f"dl:offsets:{settings.group_features}:{settings.topic_events}"
-    return {int(p): int(o) for p, o in client.hgetall(key).items()}
+    """The next offset the feature stage will consume, per events partition, as committed in
+    Redis (``redis_layout.StateKeys``: one offsets hash per partition)."""
+    topic, group = settings.topic_events, settings.group_features
+    keys = StateKeys(group, topic)
+    pipe = client.pipeline(transaction=False)
+    for p in range(settings.partitions):
+        pipe.hget(keys.offsets(p), topic)
+    return {p: int(o) for p, o in enumerate(pipe.execute()) if o is not None}
 
 
 def wait_caught_up(client: redis.Redis, settings: Settings, ends: dict[int, int],
-                   proc: ManagedProcess, timeout: float) -> float:
+                   procs: list[ManagedProcess], timeout: float) -> float:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         done = committed(client, settings)
         if all(done.get(p, 0) >= end for p, end in ends.items()):
             return time.time()
-        if not proc.alive():
-            raise RuntimeError(f"worker exited:\n{proc.log_tail(40)}")
+        for proc in procs:
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited:\n{proc.log_tail(40)}")
         time.sleep(0.02)
     done = committed(client, settings)
-    raise TimeoutError(f"worker not caught up after {timeout:.0f}s: {done} of {ends}")
+    raise TimeoutError(f"workers not caught up after {timeout:.0f}s: {done} of {ends}")
+
+
+def scorer_messages(procs: list[ManagedProcess]) -> int | None:
+    """Feature records the scorers have scored and committed (``/health`` stream.messages)."""
+    total = 0
+    for proc in procs:
+        body = health(proc)
+        if body is None or "stream" not in body:
+            return None
+        total += int(body["stream"].get("messages", 0))
+    return total
+
+
+def wait_scorers_idle(procs: list[ManagedProcess], quiet_s: float, timeout: float
+                      ) -> tuple[float, int]:
+    """(time of the last change, count) once the scorers' scored count has not moved for
+    `quiet_s`: the backlog is scored (the features topic's end offsets cannot be asked of this
+    broker)."""
+    deadline = time.monotonic() + timeout
+    count, changed_at = -1, time.time()
+    while time.monotonic() < deadline:
+        now_count = scorer_messages(procs)
+        now = time.time()
+        if now_count is not None and now_count != count:
+            count, changed_at = now_count, now
+        elif count > 0 and now - changed_at >= quiet_s:
+            return changed_at, count
+        for proc in procs:
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited:\n{proc.log_tail(40)}")
+        time.sleep(0.05)
+    raise TimeoutError(f"scorers still busy after {timeout:.0f}s ({count:,} scored)")
 
 
 def scrape_histogram(url: str, name: str) -> dict[float, float]:
@@ -159,6 +288,15 @@ def scrape_histogram(url: str, name: str) -> dict[float, float]:
         text = resp.read().decode()
     pattern = re.compile(rf'^{name}_bucket\{{.*?le="([^"]+)".*?\}} ([0-9.e+]+)$', re.M)
     return {float(le): float(v) for le, v in pattern.findall(text)}
+
+
+def scrape_histograms(procs: list[ManagedProcess], name: str) -> dict[float, float]:
+    """One histogram summed over processes (the same buckets in each)."""
+    total: dict[float, float] = {}
+    for proc in procs:
+        for le, count in scrape_histogram(f"{proc.address}/metrics", name).items():
+            total[le] = total.get(le, 0.0) + count
+    return total
 
 
 def histogram_quantile(q: float, before: dict[float, float], after: dict[float, float]) -> float:
@@ -226,43 +364,44 @@ class PredictionWatcher(threading.Thread):
             self.consumer.close()
 
 
-def start_scorer(settings: Settings, args: argparse.Namespace, log_dir: Path
-                 ) -> tuple[ManagedProcess, PredictionWatcher]:
-    """A `driftline serve` scorer (model trained and promoted here) caught up with the features
-    topic, and a watcher of its predictions that has read them all."""
+def prepare_model(settings: Settings, seed: int) -> None:
+    """Train a model on 20k demo events and promote it in the registry the scorers read."""
     from bench_scoring import register, train
-    from bench_scoring import start_scorer as spawn_scorer
 
     from driftline.core.features import load_definitions
     from driftline.feature_defs import DEFINITIONS_DIR
 
     view = load_definitions(DEFINITIONS_DIR).view("transactions_v1")
-    _, onnx_bytes, data = train(view, 20_000, args.seed)
+    _, onnx_bytes, data = train(view, 20_000, seed)
     register(settings.data_dir / "registry", view, onnx_bytes, data)
-    proc, _ = spawn_scorer(settings, log_dir)
+
+
+def read_all_predictions(settings: Settings, scorers: list[ManagedProcess], timeout: float
+                         ) -> PredictionWatcher:
+    """A watcher of the predictions topic that has read every prediction so far."""
     watcher = PredictionWatcher(settings)
     watcher.start()
-    deadline = time.monotonic() + args.timeout
+    deadline = time.monotonic() + timeout
     # Caught up: predictions were read, and none for 2 s.
     while watcher.count == 0 or time.monotonic() - watcher.last_read < 2.0:
-        if not proc.alive() or not watcher.is_alive() or time.monotonic() > deadline:
+        if not all(p.alive() for p in scorers) or not watcher.is_alive() \
+                or time.monotonic() > deadline:
             watcher.stop_event.set()
-            proc.stop()
-            raise RuntimeError(f"scorer did not catch up ({watcher.count:,} predictions read):"
-                               f"\n{proc.log_tail(20)}")
+            raise RuntimeError(f"predictions not all read ({watcher.count:,} read):"
+                               f"\n{scorers[0].log_tail(20)}")
         time.sleep(0.1)
-    return proc, watcher
+    return watcher
 
 
 def latency_phase(settings: Settings, source: EventSource, n: int, rate: float,
-                  client: redis.Redis, proc: ManagedProcess, poll_s: float,
+                  client: redis.Redis, workers: list[ManagedProcess], poll_s: float,
                   compression: str, predictions: PredictionWatcher | None = None) -> dict:
-    """Produce n events at a fixed rate; exact per-event latency plus the histogram estimate,
-    and with `predictions`, each event's create time to the first read of its prediction."""
-    metrics_url = f"{proc.address}/metrics"
+    """Produce n events at a fixed rate; exact per-event latency plus the histogram estimate
+    (the workers' histograms summed), and with `predictions`, each event's create time to the
+    first read of its prediction."""
     hist = "driftline_event_to_store_seconds"
     messages = source.encoded(n + 1)  # the first one warms the producer up
-    before = scrape_histogram(metrics_url, hist)
+    before = scrape_histograms(workers, hist)
     delivered: list[tuple[int, int, int]] = []  # partition, offset, create time (ms)
     created: dict[bytes, int] = {}  # event id -> create time (ms), with `predictions`
 
@@ -301,7 +440,7 @@ def latency_phase(settings: Settings, source: EventSource, n: int, rate: float,
         ends: dict[int, int] = {}
         for p, offset, _ in delivered:
             ends[p] = max(ends.get(p, 0), offset + 1)
-        caught_up_at = wait_caught_up(client, settings, ends, proc, timeout=300)
+        caught_up_at = wait_caught_up(client, settings, ends, workers, timeout=300)
         if predictions is not None:  # every event's prediction read, or the timeout
             deadline = time.monotonic() + 120
             while any(i not in predictions.first_seen for i in created) and \
@@ -312,7 +451,7 @@ def latency_phase(settings: Settings, source: EventSource, n: int, rate: float,
         watcher.join(5)
     # The watcher may stop before it reads the last commit; wait_caught_up saw it at this time.
     watcher.polls.append((caught_up_at, ends))
-    after = scrape_histogram(metrics_url, hist)
+    after = scrape_histograms(workers, hist)
     exact = _exact_latencies(delivered, watcher.polls)
     extra = {}
     if predictions is not None:
@@ -352,10 +491,166 @@ def _exact_latencies(delivered: list[tuple[int, int, int]],
     return np.concatenate(out) if out else np.array([np.nan])
 
 
+# -- Driftline phases --------------------------------------------------------------------------
+WORKER_PER_EVENT = ("Avro decode + validate, 19 features (numpy engine), Parquet (events + "
+                    "features), 1 Avro FeatureRecord produced, Redis MULTI (online values, "
+                    "state, offsets) per partition batch")
+
+
+def measure_driftline(settings: Settings, args: argparse.Namespace, run_dir: Path,
+                      client: redis.Redis, ends: dict[int, int], source: EventSource,
+                      notes: list[str], scale: list[Scale]) -> list[Row]:
+    """The full-load phase for each worker count in turn; with the last count, the latency
+    phases (and the scorers)."""
+    rows = []
+    for i, n in enumerate(args.workers):
+        # Each count in a group, features topic and data directory of its own: the counts
+        # read the same events, and the scorers later score exactly one count's output.
+        s = settings.replace(group_features=f"bench-driftline-w{n}",
+                             topic_features=f"bench.features.w{n}", data_dir=run_dir / f"data-w{n}")
+        kafka.create_topics(s)
+        system = "Driftline feature worker" + (f", {n} processes" if n > 1 else "")
+        command = f"driftline worker (DRIFTLINE_BATCH_SIZE={args.batch_size})" \
+            + (f" x {n}, one group" if n > 1 else "")
+        procs: list[ManagedProcess] = []
+        load = os.getloadavg()[0]
+        try:
+            try:
+                procs = start_services(s, "worker", n, run_dir / "logs", f"worker-w{n}")
+                rate = full_load(s, args, client, ends, procs, notes)
+                scale.append(Scale("feature worker, events/s (full load)", n, rate, load))
+            except (RuntimeError, TimeoutError) as exc:
+                print(f"driftline x{n} failed: {exc}", flush=True)
+                notes.append(f"Driftline with {n} worker process(es) failed: "
+                             f"{str(exc).splitlines()[0]}")
+                scale.append(Scale("feature worker, events/s (full load)", n, None, load))
+                rows.append(Row(system, WORKER_PER_EVENT, None, "", command))
+                continue
+            latency = "not measured"
+            if i == len(args.workers) - 1:
+                try:
+                    latency = latency_phases(s, args, run_dir, client, source, rate, procs,
+                                             notes, scale)
+                except (RuntimeError, TimeoutError) as exc:
+                    print(f"driftline latency phase failed: {exc}", flush=True)
+                    notes.append(f"Driftline latency phase failed: {str(exc).splitlines()[0]}")
+                    latency = "failed"
+            rows.append(Row(system, WORKER_PER_EVENT, rate, latency, command))
+        finally:
+            stop_all(procs)
+    return rows
+
+
+def full_load(settings: Settings, args: argparse.Namespace, client: redis.Redis,
+              ends: dict[int, int], procs: list[ManagedProcess], notes: list[str]) -> float:
+    """Events/s of the worker processes over the backlog: from the settled assignment until
+    their committed offsets reach the ends. Events committed before the assignment settled
+    (a process that started consuming before the others joined) are left out of the count."""
+    settled_at = wait_settled(procs, settings.partitions, lambda body: body)
+    before = sum(committed(client, settings).values())
+    done_at = wait_caught_up(client, settings, ends, procs, args.timeout)
+    rate = (args.events - before) / (done_at - settled_at)
+    print(f"driftline x{len(procs)}: {rate:,.0f} events/s ({done_at - settled_at:.1f} s)",
+          flush=True)
+    if before:
+        notes.append(f"{len(procs)} worker process(es): {before:,} events were committed before "
+                     f"the assignment settled (processed while the group formed); the rate "
+                     f"counts the other {args.events - before:,} over the time after.")
+    return rate
+
+
+def latency_phases(settings: Settings, args: argparse.Namespace, run_dir: Path,
+                   client: redis.Redis, source: EventSource, rate: float,
+                   workers: list[ManagedProcess], notes: list[str], scale: list[Scale]) -> str:
+    """The latency phase with the workers caught up, then the scorers; the table's latency."""
+    latency_rate = min(20_000, round(rate / 2, -2)) if args.latency_rate is None \
+        else args.latency_rate
+    latency = "not measured"
+    if latency_rate > 0:
+        lat = latency_phase(settings, source, args.latency_events, latency_rate, client, workers,
+                            args.poll_ms / 1000, args.compression)
+        latency = (f"{lat['exact_p50'] * 1000:,.0f} / {lat['exact_p99'] * 1000:,.0f} ms "
+                   f"(histogram estimate {lat['hist_p50'] * 1000:,.0f} / "
+                   f"{lat['hist_p99'] * 1000:,.0f} ms)")
+        notes.append(
+            f"Driftline latency phase ({len(workers)} worker process(es)): {lat['events']:,} "
+            f"more events at {lat['rate']:,.0f}/s target ({lat['achieved_rate']:,.0f}/s "
+            f"achieved) with the workers caught up. Exact = event create time to the first read "
+            f"of the Redis offsets showing it committed (read every {lat['poll_ms']:g} ms, "
+            f"{lat['poll_count']:,} reads; {lat['measured']:,} events; max "
+            f"{lat['exact_max'] * 1000:,.0f} ms). The histogram estimate interpolates inside "
+            f"the workers' `driftline_event_to_store_seconds` buckets.")
+        print(notes[-1], flush=True)
+    if args.predictions:
+        scored_phases(settings, args, run_dir, client, source, latency_rate, workers, notes,
+                      scale)
+    return latency
+
+
+def scored_phases(settings: Settings, args: argparse.Namespace, run_dir: Path,
+                  client: redis.Redis, source: EventSource, rate: float,
+                  workers: list[ManagedProcess], notes: list[str], scale: list[Scale]) -> None:
+    """For each scorer count: that many `driftline serve` processes in a fresh group score the
+    features backlog (their combined rate); with the last count running, the second latency
+    phase (event-to-store and event-to-prediction) unless `rate` is 0."""
+    prepare_model(settings, args.seed)
+    for i, n in enumerate(args.scorers):
+        s = settings.replace(group_scorer=f"bench-scorer-s{n}",
+                             topic_predictions=f"bench.predictions.s{n}")
+        kafka.create_topics(s)
+        procs: list[ManagedProcess] = []
+        load = os.getloadavg()[0]
+        try:
+            procs = start_services(s, "scorer", n, run_dir / "logs", f"scorer-s{n}")
+            settled_at = wait_settled(procs, s.partitions, lambda body: body.get("stream"))
+            before = scorer_messages(procs) or 0
+            done_at, count = wait_scorers_idle(procs, 2.0, args.timeout)
+            backlog_rate = (count - before) / (done_at - settled_at)
+            scale.append(Scale("scorer, feature records/s (backlog)", n, backlog_rate, load))
+            print(f"scorer x{n}: {backlog_rate:,.0f} records/s ({count:,} records, "
+                  f"{done_at - settled_at:.1f} s)", flush=True)
+            if i == len(args.scorers) - 1 and rate > 0:
+                notes.append(scored_latency_phase(s, args, client, source, rate, workers, procs))
+                print(notes[-1], flush=True)
+        except (RuntimeError, TimeoutError) as exc:
+            print(f"scorer x{n} failed: {exc}", flush=True)
+            notes.append(f"Scorers ({n} process(es)) failed: {str(exc).splitlines()[0]}")
+            if not any(e.stage.startswith("scorer") and e.processes == n for e in scale):
+                scale.append(Scale("scorer, feature records/s (backlog)", n, None, load))
+        finally:
+            stop_all(procs)
+
+
+def scored_latency_phase(settings: Settings, args: argparse.Namespace, client: redis.Redis,
+                         source: EventSource, rate: float, workers: list[ManagedProcess],
+                         scorers: list[ManagedProcess]) -> str:
+    """The second latency phase, scorers running: event-to-store and event-to-prediction."""
+    predictions = read_all_predictions(settings, scorers, args.timeout)
+    try:
+        lat = latency_phase(settings, source, args.latency_events, rate, client, workers,
+                            args.poll_ms / 1000, args.compression, predictions)
+    finally:
+        predictions.stop_event.set()
+        predictions.join(5)
+    return (f"With {len(scorers)} scorer process(es) running (`driftline serve`, batch size "
+            f"{settings.batch_size:,}, a model trained and promoted by the bench) and "
+            f"{len(workers)} worker process(es), {lat['events']:,} more events at "
+            f"{lat['rate']:,.0f}/s target ({lat['achieved_rate']:,.0f}/s achieved): "
+            f"**event-to-store p50 / p99 {lat['exact_p50'] * 1000:,.0f} / "
+            f"{lat['exact_p99'] * 1000:,.0f} ms** (max {lat['exact_max'] * 1000:,.0f} ms); "
+            f"**event-to-prediction p50 / p99 {lat['pred_p50'] * 1000:,.0f} / "
+            f"{lat['pred_p99'] * 1000:,.0f} ms** (max {lat['pred_max'] * 1000:,.0f} ms; "
+            f"{lat['pred_measured']:,} of {lat['pred_expected']:,} events' predictions read). "
+            f"Event-to-prediction = event create time to the first read of its prediction "
+            f"(by event id) on the predictions topic by a consumer assigned to every partition "
+            f"(fetch.wait.max.ms 10).")
+
+
 # -- peers -------------------------------------------------------------------------------------
-def run_peer(script: str, extra: list[str], run_dir: Path, name: str, timeout: float) -> dict:
+def run_peer(python: str, script: str, extra: list[str], run_dir: Path, name: str,
+             timeout: float) -> dict:
     result = run_dir / f"{name}.json"
-    argv = [sys.executable, str(BENCH_DIR / script), "--result", str(result), *extra]
+    argv = [python, str(BENCH_DIR / script), "--result", str(result), *extra]
     proc = local_servers.spawn(name, argv, run_dir / "logs", address="")
     try:
         deadline = time.monotonic() + timeout
@@ -370,15 +665,83 @@ def run_peer(script: str, extra: list[str], run_dir: Path, name: str, timeout: f
         proc.stop()
 
 
+# What tells a peer's variants apart in the table's command column.
+SHOWN_FLAGS = ("--window", "--format", "--batch-size", "--autocommit-ms")
+
+
+def measure_peer(peer: Peer, ctx: RunContext, run_dir: Path, args: argparse.Namespace,
+                 notes: list[str]) -> Row:
+    extra = peer.args(ctx)
+    shown = [f"{flag} {extra[i + 1]}" for i, flag in enumerate(extra) if flag in SHOWN_FLAGS]
+    where = f"bench/.peers/{peer.venv}/bin/" if peer.venv else ""
+    command = " ".join([f"{where}python bench/{peer.script}", *shown])
+    try:
+        python = python_for(peer)
+    except (subprocess.CalledProcessError, OSError) as exc:
+        notes.append(f"{peer.name}: its virtualenv could not be built ({exc})")
+        return Row(peer.system.format(version="?"), peer.per_event, None, "", command)
+    system = peer.system.format(version=version_of(peer, python))
+    try:
+        res = run_peer(python, peer.script, extra, run_dir, peer.name, args.timeout)
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"{peer.name} failed: {exc}", flush=True)
+        notes.append(f"{peer.name} failed: {str(exc).splitlines()[0]}")
+        return Row(system, peer.per_event, None, "", command)
+    if res.get("assigned_at") is None:
+        notes.append(f"{peer.name}: no assignment time was observed, so no rate")
+        return Row(system, peer.per_event, None, "", command)
+    start = res["assigned_at"]
+    rate = res["count"] / (res["done_at"] - start)
+    print(f"{peer.name}: {rate:,.0f} events/s ({res['done_at'] - start:.1f} s)", flush=True)
+    if res.get("first_output_at", start) < start:
+        notes.append(f"{peer.name}: its first output came before its group was seen assigned: "
+                     f"the rate is overstated")
+    if res.get("late"):
+        notes.append(f"{peer.name}: {res['late']:,} events were late for their window "
+                     f"(counted, not summed)")
+    return Row(system, peer.per_event, rate, "not measured", command)
+
+
 # -- report ------------------------------------------------------------------------------------
-def render(rows: list[Row], header: list[str]) -> str:
+def render(rows: list[Row], scale: list[Scale], header: list[str]) -> str:
     lines = [*header, "",
              "| system | per event | events/s | p50 / p99 event-to-store | command |",
              "|---|---|---:|---|---|"]
     for r in rows:
         rate = "failed" if r.events_per_s is None else f"{r.events_per_s:,.0f}"
         lines.append(f"| {r.system} | {r.per_event} | {rate} | {r.latency} | `{r.command}` |")
+    if scale:
+        lines += ["", "Scale-out: processes of one stage in one consumer group on the same "
+                  "partitions, one machine; the rate is the group's combined rate.", "",
+                  "| stage | processes | rate | ratio to 1 process | load average before |",
+                  "|---|---:|---:|---:|---:|"]
+        for stage in dict.fromkeys(s.stage for s in scale):
+            runs = [s for s in scale if s.stage == stage]
+            base = next((s.rate for s in runs if s.processes == 1 and s.rate), None)
+            for s in runs:
+                rate = "failed" if s.rate is None else f"{s.rate:,.0f}"
+                ratio = f"{s.rate / base:.2f}x" if base and s.rate else "-"
+                lines.append(f"| {stage} | {s.processes} | {rate} | {ratio} | {s.load:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def process_counts(text: str) -> list[int]:
+    """``"1,2"`` -> [1, 2]: process counts measured one after another."""
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive counts like 1,2; got {text!r}")
+    return counts
+
+
+def peer_names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip() and n.strip() != "none"]
+    unknown = [n for n in names if n not in PEERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown peer(s) {unknown}; known: {', '.join(PEERS)}")
+    return names
 
 
 def main() -> None:
@@ -388,13 +751,20 @@ def main() -> None:
     parser.add_argument("--entities", type=int, default=5_000)
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=10_000, help="Driftline worker batch")
+    parser.add_argument("--workers", "--scale", type=process_counts, default=[1],
+                        help="feature worker processes in one consumer group; a list (1,2) "
+                             "measures each count in turn and reports the ratio to 1 process; "
+                             "the latency phases run with the last count")
+    parser.add_argument("--scorers", type=process_counts, default=[1],
+                        help="scorer processes in one group, as --workers (the scorer phases "
+                             "run with the last worker count)")
     parser.add_argument("--latency-events", type=int, default=200_000)
     parser.add_argument("--latency-rate", type=float, default=None,
                         help="events/s in the latency phase; 0 = skip the phase; default: "
                              "20,000 or half the worker's measured throughput if that is lower "
                              "(above capacity, latency only measures the growing queue)")
     parser.add_argument("--no-predictions", dest="predictions", action="store_false",
-                        help="skip the second latency phase (scorer running, "
+                        help="skip the scorers (backlog rate, second latency phase with "
                              "event-to-prediction)")
     parser.add_argument("--poll-ms", type=float, default=2.0,
                         help="how often the latency phase reads the committed offsets")
@@ -402,16 +772,28 @@ def main() -> None:
                         help="producer compression of the events topic; Faust's aiokafka "
                              "needs the `lz4` package to read lz4 (Driftline's default)")
     parser.add_argument("--timeout", type=float, default=1800, help="per measured phase, seconds")
-    parser.add_argument("--only", nargs="+", choices=["driftline", "faust", "quix"],
-                        default=["driftline", "faust", "quix"])
+    parser.add_argument("--peers", type=peer_names, default=DEFAULT_PEERS,
+                        help=f"comma-separated peers to measure (before Driftline), or none "
+                             f"(default: all: {','.join(DEFAULT_PEERS)})")
+    parser.add_argument("--only", nargs="+", choices=["driftline", *PEERS],
+                        help="run exactly these systems (default: driftline and --peers)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where to write the report (default: "
+                             "bench/results/pipeline-<date>.md; a smoke run should write "
+                             "elsewhere, that file may hold a real run of the day)")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (logs, data)")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
+    systems = args.only or ["driftline", *args.peers]
+    peers = [PEERS[name] for name in systems if name in PEERS]
+    json_copy = any(peer.needs_json for peer in peers)
 
     run_dir = Path(tempfile.mkdtemp(prefix="driftline-bench-"))
     started: list[ManagedProcess] = []
     rows: list[Row] = []
+    scale: list[Scale] = []
     notes: list[str] = []
+    machine = (f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the start")
     try:
         broker = local_servers.start_broker(run_dir / "logs")
         started.append(broker)
@@ -425,10 +807,12 @@ def main() -> None:
                             topic_predictions="bench.predictions", group_scorer="bench-scorer",
                             scorer_port=local_servers.free_port())
         kafka.create_topics(settings)
+        json_topic = f"{settings.topic_events}.json"
 
         source = EventSource(args.entities, args.seed)
         t = time.perf_counter()
-        messages = source.encoded(args.events)
+        messages, json_messages = source.encoded_with_json(args.events) if json_copy \
+            else (source.encoded(args.events), [])
         encode_s = time.perf_counter() - t
         produce_s, ends = produce_all(settings, messages, args.compression)
         del messages
@@ -439,27 +823,27 @@ def main() -> None:
                      f"compression {args.compression}, pre-encoded; demo generation + Avro "
                      f"encoding took another {encode_s:.1f} s). Not part of the comparison.")
         print(notes[-1], flush=True)
+        if json_copy:
+            kafka.create_topics(settings.replace(topic_events=json_topic))
+            _, json_ends = produce_all(settings, json_messages, args.compression, json_topic)
+            del json_messages
+            assert sum(json_ends.values()) == args.events, json_ends
+            notes.append(f"A JSON copy of the same events (same keys, so the same partitions; "
+                         f"compact `json.dumps`) went to `{json_topic}` for the peers marked "
+                         f"JSON copy.")
         client = redis.Redis.from_url(settings.redis_url_or_fail)
 
-        if "driftline" in args.only:
-            rows.append(measure_driftline(settings, args, run_dir, client, ends, source, notes))
-        if "faust" in args.only:
-            rows.append(measure_peer(
-                "Faust agent (faust-streaming 0.15.3)", "count raw bytes, `take(5000, within=1)`",
-                "peer_faust.py", ["--bootstrap", settings.kafka_bootstrap_or_fail,
-                                  "--topic", settings.topic_events, "--group", "bench-faust",
-                                  "--partitions", str(args.partitions), "--events",
-                                  str(args.events), "--datadir", str(run_dir / "faust")],
-                run_dir, "faust", args))
-        if "quix" in args.only:
-            rows.append(measure_peer(
-                "Quix Streams 3.28", "fastavro decode, event-time extractor, 1 h sliding-window "
-                "sum(amount) per key, `.final()`, RocksDB + changelog",
-                "peer_quix.py", ["--bootstrap", settings.kafka_bootstrap_or_fail,
-                                 "--topic", settings.topic_events, "--group", "bench-quix",
-                                 "--events", str(args.events), "--state-dir",
-                                 str(run_dir / "quix")],
-                run_dir, "quix", args))
+        # Peers first: Driftline's latency phases append events to the topic, and every
+        # system's full-load phase must read exactly the N produced here.
+        ctx = RunContext(bootstrap=settings.kafka_bootstrap_or_fail,
+                         topic=settings.topic_events, json_topic=json_topic,
+                         events=args.events, partitions=args.partitions, run_dir=run_dir,
+                         schema_file=write_peer_schema(run_dir / "peer-schema.json"))
+        peer_rows = [measure_peer(peer, ctx, run_dir, args, notes) for peer in peers]
+        if "driftline" in systems:
+            rows += measure_driftline(settings, args, run_dir, client, ends, source, notes,
+                                      scale)
+        rows += peer_rows
     finally:
         for proc in reversed(started):
             proc.stop()
@@ -470,98 +854,16 @@ def main() -> None:
 
     today = dt.date.today().isoformat()
     header = [f"# Pipeline benchmark, {today}", "",
-              f"`{' '.join(sys.argv)}` on {platform.node()} ({platform.machine()}, "
+              f"`{' '.join(sys.argv)}` on {platform.node()} ({platform.machine()}, {machine}, "
               f"Python {platform.python_version()}); embedded Tansu broker, redis-server, "
               "measured one after another on the same topic contents.", "",
               *[f"- {n}" for n in notes]]
-    table = render(rows, header)
+    table = render(rows, scale, header)
     print(table)
-    out = BENCH_DIR / "results" / f"pipeline-{today}.md"
-    out.parent.mkdir(exist_ok=True)
+    out = args.out or BENCH_DIR / "results" / f"pipeline-{today}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table)
-    print(f"written to {out.relative_to(BENCH_DIR.parent)}")
-
-
-def measure_driftline(settings: Settings, args: argparse.Namespace, run_dir: Path,
-                      client: redis.Redis, ends: dict[int, int], source: EventSource,
-                      notes: list[str]) -> Row:
-    command = f"driftline worker (DRIFTLINE_BATCH_SIZE={args.batch_size})"
-    per_event = ("Avro decode + validate, 19 features (numpy engine), Parquet (events + "
-                 "features), 1 Avro FeatureRecord produced, Redis MULTI (online values, state, "
-                 "offsets) per partition batch")
-    proc, assigned_at = start_worker(settings, run_dir / "logs")
-    try:
-        done_at = wait_caught_up(client, settings, ends, proc, args.timeout)
-        rate = args.events / (done_at - assigned_at)
-        print(f"driftline: {rate:,.0f} events/s ({done_at - assigned_at:.1f} s)", flush=True)
-        latency = "not measured"
-        latency_rate = min(20_000, round(rate / 2, -2)) if args.latency_rate is None \
-            else args.latency_rate
-        if latency_rate > 0:
-            lat = latency_phase(settings, source, args.latency_events, latency_rate,
-                                client, proc, args.poll_ms / 1000, args.compression)
-            latency = (f"{lat['exact_p50'] * 1000:,.0f} / {lat['exact_p99'] * 1000:,.0f} ms "
-                       f"(histogram estimate {lat['hist_p50'] * 1000:,.0f} / "
-                       f"{lat['hist_p99'] * 1000:,.0f} ms)")
-            notes.append(
-                f"Driftline latency phase: {lat['events']:,} more events at "
-                f"{lat['rate']:,.0f}/s target ({lat['achieved_rate']:,.0f}/s achieved) with the "
-                f"worker caught up. Exact = event create time to the first read of the Redis "
-                f"offsets hash showing it committed (read every {lat['poll_ms']:g} ms, "
-                f"{lat['poll_count']:,} reads; {lat['measured']:,} events; max "
-                f"{lat['exact_max'] * 1000:,.0f} ms). The histogram estimate interpolates "
-                f"inside the worker's `driftline_event_to_store_seconds` buckets.")
-            print(notes[-1], flush=True)
-            if args.predictions:
-                notes.append(scored_latency_phase(settings, args, run_dir, client, source,
-                                                  latency_rate, proc))
-                print(notes[-1], flush=True)
-        return Row("Driftline feature worker", per_event, rate, latency, command)
-    except (RuntimeError, TimeoutError) as exc:
-        print(f"driftline failed: {exc}", flush=True)
-        notes.append(f"Driftline failed: {str(exc).splitlines()[0]}")
-        return Row("Driftline feature worker", per_event, None, "", command)
-    finally:
-        proc.stop()
-
-
-def scored_latency_phase(settings: Settings, args: argparse.Namespace, run_dir: Path,
-                         client: redis.Redis, source: EventSource, rate: float,
-                         worker: ManagedProcess) -> str:
-    """The second latency phase, with a scorer running: event-to-store and event-to-prediction."""
-    scorer, predictions = start_scorer(settings, args, run_dir / "logs")
-    try:
-        lat = latency_phase(settings, source, args.latency_events, rate, client, worker,
-                            args.poll_ms / 1000, args.compression, predictions)
-    finally:
-        predictions.stop_event.set()
-        predictions.join(5)
-        scorer.stop()
-    return (f"With the scorer running (`driftline serve`, batch size {settings.batch_size:,}, "
-            f"a model trained and promoted by the bench), {lat['events']:,} more events at "
-            f"{lat['rate']:,.0f}/s target ({lat['achieved_rate']:,.0f}/s achieved): "
-            f"**event-to-store p50 / p99 {lat['exact_p50'] * 1000:,.0f} / "
-            f"{lat['exact_p99'] * 1000:,.0f} ms** (max {lat['exact_max'] * 1000:,.0f} ms); "
-            f"**event-to-prediction p50 / p99 {lat['pred_p50'] * 1000:,.0f} / "
-            f"{lat['pred_p99'] * 1000:,.0f} ms** (max {lat['pred_max'] * 1000:,.0f} ms; "
-            f"{lat['pred_measured']:,} of {lat['pred_expected']:,} events' predictions read). "
-            f"Event-to-prediction = event create time to the first read of its prediction "
-            f"(by event id) on the predictions topic by a consumer assigned to every partition "
-            f"(fetch.wait.max.ms 10).")
-
-
-def measure_peer(system: str, per_event: str, script: str, extra: list[str], run_dir: Path,
-                 name: str, args: argparse.Namespace) -> Row:
-    command = f"python bench/{script}"
-    try:
-        res = run_peer(script, [*extra], run_dir, name, args.timeout)
-    except (RuntimeError, TimeoutError) as exc:
-        print(f"{name} failed: {exc}", flush=True)
-        return Row(system, per_event, None, "", command)
-    start = res["assigned_at"]
-    rate = res["count"] / (res["done_at"] - start)
-    print(f"{name}: {rate:,.0f} events/s ({res['done_at'] - start:.1f} s)", flush=True)
-    return Row(system, per_event, rate, "not measured", command)
+    print(f"written to {out}")
 
 
 if __name__ == "__main__":

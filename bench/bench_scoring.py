@@ -47,6 +47,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from driftline.adapters import kafka
 from driftline.adapters.batch_loop import group_by_partition
 from driftline.adapters.dead_letters import DeadLetterSink
+from driftline.adapters.redis_layout import OnlineKeys
 from driftline.adapters.redis_online import RedisOnlineStore
 from driftline.commands import local_servers
 from driftline.commands.dev_stack import wait_healthy
@@ -361,7 +362,7 @@ def seed_online_store(settings: Settings, view: FeatureView, data: DemoFeatures)
     times = [data.events[latest[e]]["event_time"] for e in entities]
     client = redis.Redis.from_url(settings.redis_url_or_fail)
     try:
-        store = RedisOnlineStore(client, 3600)
+        store = RedisOnlineStore(client, 3600, OnlineKeys.for_settings(settings))
         for lo in range(0, len(entities), 2000):
             store.write(OnlineWrite(view.name, view.version, tuple(view.feature_names),
                                     entities[lo:lo + 2000], rows[lo:lo + 2000],

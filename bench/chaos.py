@@ -38,8 +38,8 @@ Method
      committed in Redis; for the scorer, a batch whose predictions were flushed and whose offsets
      were committed). It includes the restart, the group join and the state rebuild.
    * **recovery after an outage**: from Redis accepting commands again to the worker's committed
-     offsets in Redis (``dl:offsets:{group}:{topic}``) moving past where they stood when Redis
-     went away (or, if later, when it came back).
+     offsets in Redis (``StateKeys.offsets``, one hash per partition) moving past where they
+     stood when Redis went away (or, if later, when it came back).
    * **outage seconds**: from the SIGKILL or SIGSTOP to the restarted Redis listening again or
      the SIGCONT;
    * **recovery after a worker pause**: from the SIGCONT to that process completing a batch.
@@ -101,6 +101,7 @@ import redis  # noqa: E402
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition  # noqa: E402
 
 from driftline.adapters import kafka  # noqa: E402
+from driftline.adapters.redis_layout import OnlineKeys, StateKeys  # noqa: E402
 from driftline.commands import local_servers  # noqa: E402
 from driftline.commands.dev_stack import spawn_service, wait_consuming  # noqa: E402
 from driftline.commands.local_servers import ManagedProcess  # noqa: E402
@@ -627,22 +628,22 @@ def _value_matrix(maps: Sequence[dict], names: Sequence[str]) -> np.ndarray:
     return out
 
 
-def read_online(client: redis.Redis, view: FeatureView, entities: Sequence[str]
-                ) -> tuple[dict[str, tuple[int, np.ndarray]], int]:
+def read_online(client: redis.Redis, keys: OnlineKeys, view: FeatureView,
+                entities: Sequence[str]) -> tuple[dict[str, tuple[int, np.ndarray]], int]:
     names = list(view.feature_names)
     online: dict[str, tuple[int, np.ndarray]] = {}
     for start in range(0, len(entities), 1000):
         chunk = entities[start:start + 1000]
         pipe = client.pipeline(transaction=False)
         for entity in chunk:
-            pipe.hgetall(f"dl:f:{view.name}:{entity}")
+            pipe.hgetall(keys.feature(view.name, entity))
         for entity, raw in zip(chunk, pipe.execute(), strict=True):
             if raw:
                 row = {k.decode(): v.decode() for k, v in raw.items()}
                 online[entity] = (int(row["_event_time"]),
                                   np.array([float(row[n]) for n in names]))
-    wanted = {f"dl:f:{view.name}:{e}".encode() for e in entities}
-    extra = sum(1 for key in client.scan_iter(f"dl:f:{view.name}:*", count=1000)
+    wanted = {keys.feature(view.name, e).encode() for e in entities}
+    extra = sum(1 for key in client.scan_iter(keys.pattern(view.name), count=1000)
                 if key not in wanted)
     return online, extra
 
@@ -680,7 +681,7 @@ def read_back(settings: Settings, client: redis.Redis, entities: Sequence[str],
     if not len(pe):
         pe = pd.DataFrame(columns=["event_id", "partition", "offset"])
     pending = sum(1 for _ in (settings.data_dir / "offline").rglob("*.pending-*"))
-    online, extra = read_online(client, VIEW, entities)
+    online, extra = read_online(client, OnlineKeys.for_settings(settings), VIEW, entities)
     return Observed(
         events_topic=settings.topic_events,
         feature_ids=[r["event_id"] for r in features],
@@ -1219,9 +1220,13 @@ class Soak:
             self.producer_done.set()
 
     def committed(self) -> dict[int, int] | None:
-        key = f"dl:offsets:{self.settings.group_features}:{self.settings.topic_events}"
+        topic = self.settings.topic_events
+        keys = StateKeys(self.settings.group_features, topic)
         try:
-            return {int(k): int(v) for k, v in self.client.hgetall(key).items()}
+            pipe = self.client.pipeline(transaction=False)
+            for p in range(self.settings.partitions):
+                pipe.hget(keys.offsets(p), topic)
+            return {p: int(o) for p, o in enumerate(pipe.execute()) if o is not None}
         except redis.RedisError:
             return None
 

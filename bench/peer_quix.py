@@ -1,28 +1,27 @@
-"""Peer of the pipeline benchmark: Quix Streams doing one rolling aggregation.
+"""Peer of the pipeline benchmark: Quix Streams doing one windowed aggregation.
 
-Run by `bench/bench_pipeline.py` as a subprocess. Values are Avro single-object bytes decoded with
-fastavro (writer schema = the shipped ``driftline.TransactionEvent``), the message timestamp is
-the record's ``event_time``, and a 1 h sliding window (60 s grace) keyed by the message key
-(entity_id) sums ``amount`` and emits ``.final()`` results. State lives in RocksDB with changelog
-topics, Quix's defaults. Messages are counted in ``on_message_processed``; at `--events` the app
-writes ``{"assigned_at", "done_at", "count"}`` to `--result` and stops itself.
+Run by `bench/bench_pipeline.py` with the python of its own virtualenv (``bench/.peers/quix``:
+quixstreams 3.28, fastavro; Quix pins its own confluent-kafka). Values are Avro single-object
+bytes decoded with fastavro (the writer schema from ``--schema``), the message timestamp is
+the record's ``event_time``, and a 1 h window (60 s grace) keyed by the message key (entity_id)
+sums ``amount`` and emits ``.final()`` results: sliding (``--window sliding``, the default: the
+closest to a rolling feature) or tumbling (``--window tumbling``, Quix's fastest window). State
+lives in RocksDB with changelog topics, Quix's defaults. Messages are counted in
+``on_message_processed``; at `--events` the app writes ``{"assigned_at", "done_at", "count"}``
+to `--result` and stops itself.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-from fastavro import schemaless_reader
+from peer_common import avro_decoder
 from quixstreams import Application
 from quixstreams.models.serializers import Deserializer
-
-from driftline.core.codec.schema_set import SchemaSet
-from driftline.core.codec.single_object import HEADER_SIZE, MAGIC
 
 HOUR_MS = 3_600_000
 
@@ -30,16 +29,12 @@ HOUR_MS = 3_600_000
 class AvroSingleObject(Deserializer):
     """Avro single-object bytes of one known writer schema -> dict (schema checked by header)."""
 
-    def __init__(self, schema_name: str) -> None:
+    def __init__(self, schema_file: str) -> None:
         super().__init__()
-        schema = SchemaSet.load().get(schema_name)
-        self.header = MAGIC + schema.fingerprint
-        self.schema = schema.wire
+        self.decode = avro_decoder(schema_file)
 
     def __call__(self, value: bytes, ctx: Any) -> dict[str, Any]:
-        if value[:HEADER_SIZE] != self.header:
-            raise ValueError(f"not a {self.schema['name']} single-object message")
-        return schemaless_reader(io.BytesIO(value[HEADER_SIZE:]), self.schema, None)
+        return self.decode(value)
 
 
 def event_time(value: dict[str, Any], headers: Any, timestamp: int, timestamp_type: Any) -> int:
@@ -54,6 +49,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, required=True)
     parser.add_argument("--result", required=True)
     parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--schema", required=True, help="writer schema file (bench_pipeline)")
+    parser.add_argument("--window", choices=["sliding", "tumbling"], default="sliding")
     args = parser.parse_args()
     result = Path(args.result)
     timing: dict[str, Any] = {"assigned_at": None, "count": 0}
@@ -78,11 +75,14 @@ def main() -> None:
         loglevel="WARNING",
     )
     topic = app.topic(args.topic, key_deserializer="str",
-                      value_deserializer=AvroSingleObject("driftline.TransactionEvent"),
+                      value_deserializer=AvroSingleObject(args.schema),
                       timestamp_extractor=event_time)
     sdf = app.dataframe(topic)
     sdf = sdf.apply(lambda value: value["amount"])
-    sdf = sdf.sliding_window(duration_ms=HOUR_MS, grace_ms=60_000).sum().final()
+    if args.window == "sliding":
+        sdf = sdf.sliding_window(duration_ms=HOUR_MS, grace_ms=60_000).sum().final()
+    else:
+        sdf = sdf.tumbling_window(duration_ms=HOUR_MS, grace_ms=60_000).sum().final()
 
     # Quix has no public assignment hook; wrap the private one to time from first assignment.
     on_assign = app._on_assign

@@ -19,6 +19,7 @@ from driftline.adapters import kafka
 from driftline.adapters.batch_loop import BatchLoop
 from driftline.adapters.dead_letters import DeadLetterSink
 from driftline.adapters.metrics import MODEL_SWAPS
+from driftline.adapters.redis_layout import OnlineKeys
 from driftline.adapters.redis_online import AsyncRedisOnlineReader
 from driftline.core.codec.decoder import Decoder
 from driftline.core.codec.errors import DecodeError
@@ -105,7 +106,8 @@ def run_scorer(settings: Settings) -> int:
                      batch_linger_s=settings.batch_linger_ms / 1000)
     watcher = ModelWatcher(settings, holder, schemas)
     online = AsyncRedisOnlineReader.from_url(settings.redis_url_or_fail,
-                                             settings.redis_timeout_ms / 1000)
+                                             settings.redis_timeout_ms / 1000,
+                                             OnlineKeys.for_settings(settings))
     api = ScorerApi(holder, online, loop.health)
     app = api.app()
 
