@@ -36,7 +36,7 @@ from bytewax.operators.windowing import EventClock, TumblingWindower, fold_windo
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.run import cli_main
 from confluent_kafka import OFFSET_BEGINNING
-from peer_common import decoder, write_result
+from peer_common import decoder, peer_arguments, write_result
 
 HOUR = timedelta(hours=1)
 HOUR_MS = 3_600_000
@@ -135,11 +135,7 @@ def build_flow(args: argparse.Namespace, progress: Progress) -> Dataflow:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--bootstrap", required=True)
-    parser.add_argument("--topic", required=True)
-    parser.add_argument("--events", type=int, required=True)
-    parser.add_argument("--result", required=True)
+    parser = peer_arguments(__doc__, group=False)
     parser.add_argument("--format", choices=["avro", "json"], default="avro")
     parser.add_argument("--schema", help="writer schema file (bench_pipeline writes it)")
     parser.add_argument("--window", choices=["tumbling", "rolling"], default="tumbling")

@@ -10,6 +10,7 @@ as int epoch ms exactly as Driftline's own reader does).
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import time
@@ -42,6 +43,19 @@ def decoder(fmt: str, schema_file: str | None) -> Callable[[bytes], dict[str, An
     if not schema_file:
         raise SystemExit("--schema is required for --format avro")
     return avro_decoder(schema_file)
+
+
+def peer_arguments(doc: str | None, group: bool = True) -> argparse.ArgumentParser:
+    """The options every peer takes from `bench_pipeline.py` (`group`: a consumer group; Bytewax
+    reads its partitions without one)."""
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--topic", required=True)
+    if group:
+        parser.add_argument("--group", required=True)
+    parser.add_argument("--events", type=int, required=True)
+    parser.add_argument("--result", required=True)
+    return parser
 
 
 def write_result(path: str, **timing: Any) -> None:

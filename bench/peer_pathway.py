@@ -36,7 +36,7 @@ from typing import Any
 import pathway as pw
 from confluent_kafka import ConsumerGroupState
 from confluent_kafka.admin import AdminClient
-from peer_common import avro_decoder, write_result
+from peer_common import avro_decoder, peer_arguments, write_result
 
 HOUR_MS = 3_600_000
 
@@ -87,12 +87,7 @@ def read_events(args: argparse.Namespace) -> pw.Table:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--bootstrap", required=True)
-    parser.add_argument("--topic", required=True)
-    parser.add_argument("--group", required=True)
-    parser.add_argument("--events", type=int, required=True)
-    parser.add_argument("--result", required=True)
+    parser = peer_arguments(__doc__)
     parser.add_argument("--format", choices=["avro", "json"], default="avro")
     parser.add_argument("--schema", help="writer schema file (bench_pipeline writes it)")
     parser.add_argument("--autocommit-ms", type=int, default=100,

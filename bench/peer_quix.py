@@ -13,13 +13,12 @@ to `--result` and stops itself.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-from peer_common import avro_decoder
+from peer_common import avro_decoder, peer_arguments
 from quixstreams import Application
 from quixstreams.models.serializers import Deserializer
 
@@ -42,12 +41,7 @@ def event_time(value: dict[str, Any], headers: Any, timestamp: int, timestamp_ty
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--bootstrap", required=True)
-    parser.add_argument("--topic", required=True)
-    parser.add_argument("--group", required=True)
-    parser.add_argument("--events", type=int, required=True)
-    parser.add_argument("--result", required=True)
+    parser = peer_arguments(__doc__)
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--schema", required=True, help="writer schema file (bench_pipeline)")
     parser.add_argument("--window", choices=["sliding", "tumbling"], default="sliding")
