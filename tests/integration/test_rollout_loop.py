@@ -364,6 +364,23 @@ def published_outcome_rows(settings) -> int:
     return sum(store.read(base).num_rows for base in store.outcomes_dirs())
 
 
+# How every rollout of v2 starts, in the lineage.
+OPENING_STEPS = ["job_started", "gate_results", "registered", "transition None->Staging v2",
+                 "rollout_started"]
+
+
+def publish_and_drain(loop: Loop, stream, rate: float, events: int,
+                      deadline: float) -> set[str]:
+    """Publish up to `events` more events at `rate` and wait until every event published so
+    far is scored; returns the ids of the new ones."""
+    before = len(stream.sent_events)
+    stream.publish(rate, max_events=events, deadline=deadline)
+    loop.expected_events = len(stream.sent_events)
+    loop.wait(loop.all_scored, 30, "every published event to be scored")
+    loop.poll()
+    return {e["event_id"] for e in stream.sent_events[before:]}
+
+
 def job_events(loop: Loop) -> list[str]:
     """The lineage of the (only) job, in topic order: its steps and stage transitions."""
     jobs = {e["job_id"] for e in loop.model_events if e["job_id"]}
@@ -403,18 +420,14 @@ def test_a_canary_of_a_worse_model_is_rolled_back_on_its_error_rate(make_loop):
     # Production alone again at the scorer; then more traffic, which must all be v1's.
     loop.wait(lambda: loop.health("scorer")["rollout"] is None, 20,
               "the scorer to drop the rolled-back canary")
-    after = len(stream.sent_events)
-    loop.note(f"canary over after {after} events, {stream.sent_labels} labels")
-    stream.publish(1_500, max_events=600, deadline=deadline + 10)
-    loop.expected_events = len(stream.sent_events)
-    loop.wait(loop.all_scored, 30, "every published event to be scored")
-    loop.poll()
+    loop.note(f"canary over after {len(stream.sent_events)} events, "
+              f"{stream.sent_labels} labels")
+    late = publish_and_drain(loop, stream, 1_500, 600, deadline + 10)
 
     diagnostics = loop.diagnostics()
     # The lineage, in order, and the rollback's numbers.
     steps = job_events(loop)
-    assert steps[:5] == ["job_started", "gate_results", "registered",
-                         "transition None->Staging v2", "rollout_started"], diagnostics
+    assert steps[:5] == OPENING_STEPS, diagnostics
     # One step_up per share reached (the opening one at least), then the rollback.
     assert steps[-2:] == ["rolled_back", "transition Staging->Archived v2"], diagnostics
     assert steps[5:-2] and set(steps[5:-2]) == {"step_up"}, diagnostics
@@ -472,7 +485,6 @@ def test_a_canary_of_a_worse_model_is_rolled_back_on_its_error_rate(make_loop):
         text = "".join(str(v) for v in versions)
         assert re.fullmatch(r"1*2*1*", text), (entity, text)
     # Traffic after the rollback is Production's alone.
-    late = {e["event_id"] for e in stream.sent_events[after:]}
     assert len(late) == 600
     assert {(p["arm"], p["model_version"]) for p in predictions if p["event_id"] in late} \
         == {("production", 1)}
@@ -540,19 +552,13 @@ def test_a_shadow_is_judged_on_productions_outcomes_and_promoted_when_better(mak
         f"{loop.diagnostics()}"
     shadow_period = {e["event_id"] for e in stream.sent_events} - phase1
     loop.note(f"promoted and swapped after {len(shadow_period)} more events")
-    after = len(stream.sent_events)
-    stream.publish(2_500, max_events=500, deadline=deadline + 10)
-    late = {e["event_id"] for e in stream.sent_events[after:]}
+    late = publish_and_drain(loop, stream, 2_500, 500, deadline + 10)
     assert len(late) == 500, "the stream ended too soon after the promotion"
-    loop.expected_events = len(stream.sent_events)
-    loop.wait(loop.all_scored, 30, "every published event to be scored")
-    loop.poll()
     diagnostics = loop.diagnostics()
 
     # The lineage and the registry: v2 promoted by the shadow's win, v1 archived, no plan.
     steps = job_events(loop)
-    assert steps[:5] == ["job_started", "gate_results", "registered",
-                         "transition None->Staging v2", "rollout_started"], diagnostics
+    assert steps[:5] == OPENING_STEPS, diagnostics
     assert "promoted" in steps and "rolled_back" not in steps, diagnostics
     assert {"transition Staging->Production v2", "transition Production->Archived v1"} <= \
         set(steps), diagnostics
