@@ -123,7 +123,11 @@ class OnlineKeys:
         return partition_scope(self.topic, partition)
 
     def feature(self, view: str, entity_id: str) -> str:
-        return f"{PREFIX}:f:{self.scope(self.partition(entity_id))}:{view}:{entity_id}"
+        return self.feature_in(self.partition(entity_id), view, entity_id)
+
+    def feature_in(self, partition: int, view: str, entity_id: str) -> str:
+        """:meth:`feature` for a writer that already knows the entity's partition."""
+        return f"{PREFIX}:f:{self.scope(partition)}:{view}:{entity_id}"
 
     def pattern(self, view: str) -> str:
         """A ``SCAN``/``KEYS`` pattern for every entity of `view` (any partition)."""

@@ -102,13 +102,13 @@ class RedisOnlineStore:
     def _script_calls(self, batch: OnlineWrite) -> Iterator[tuple[list[str], list[str | int]]]:
         names = [*batch.feature_names, EVENT_TIME_FIELD, VERSION_FIELD]
         head: list[str | int] = [self.ttl_ms, len(names), *names]
-        for part in self.by_partition(batch).values():
+        for p, part in self.by_partition(batch).items():
             argv = list(head)
             for row, event_time in zip(part.values.tolist(), part.event_times_ms, strict=True):
                 argv.extend(_text(v) for v in row)
                 argv.append(int(event_time))
                 argv.append(part.version)
-            yield [self.keys.feature(part.view, e) for e in part.entities], argv
+            yield [self.keys.feature_in(p, part.view, e) for e in part.entities], argv
 
     def read(self, view: str, entity_id: str) -> OnlineRow | None:
         try:
