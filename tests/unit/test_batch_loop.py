@@ -179,3 +179,15 @@ def test_a_stop_finishes_the_batch_in_flight():
     batches._finish_pending(consumer, rewind=False)
     assert pipeline.log == ["prepare 0", "send 0", "finish 0"]
     assert consumer.commits == [{("events", 0): 10}]
+
+
+def test_a_failed_send_replays_that_batch_after_the_previous_one_committed():
+    consumer, pipeline = ScriptedConsumer(batch(0), batch(1)), StagedPipeline(fail="send 1")
+    batches = staged_loop(pipeline)
+    batches._step(consumer)
+    batches._step(consumer)
+    assert pipeline.log == ["prepare 0", "send 0", "prepare 1", "finish 0", "send 1",
+                            "revoke", "assign"]
+    assert consumer.commits == [{("events", 0): 10}]  # batch 0 landed, batch 1 did not
+    assert consumer.seeks == [("events", 0, 10)]  # back to batch 1's first offset
+    assert batches._pending is None
