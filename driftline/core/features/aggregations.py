@@ -53,10 +53,14 @@ class _Selection:
         self.counts = np.bincount(self.query, minlength=n)
         self.ends = np.cumsum(self.counts)
         self.nonempty = self.counts > 0
+        self.lo, self.hi = lo, hi
         self.sums: dict[str, np.ndarray] = {}  # sum is shared by sum, mean and std
+        self.columns: dict[str, np.ndarray] = {}  # and a field's values by all its features
 
     def column(self, field: str) -> np.ndarray:
-        return self.table.values[field][self.rows]
+        if field not in self.columns:
+            self.columns[field] = self.table.values[field][self.rows]
+        return self.columns[field]
 
     def nan(self) -> np.ndarray:
         return np.full(self.n, np.nan)
@@ -107,11 +111,20 @@ def _std(sel: _Selection, feature: Feature) -> np.ndarray:
         return np.sqrt(np.bincount(sel.query, deviation * deviation, minlength=sel.n) / sel.counts)
 
 
+# distinct_count marks (query, code) pairs in a table of queries x codes when that table is at
+# most this many times larger than the selection, and sorts the pairs otherwise.
+DENSE_DISTINCT_FACTOR = 4
+
+
 def _distinct_count(sel: _Selection, feature: Feature) -> np.ndarray:
     codes = sel.column(feature.field)
     if len(codes) == 0:
         return np.zeros(sel.n)
     base = int(codes.max()) + 1
+    if sel.n * base <= DENSE_DISTINCT_FACTOR * len(codes):
+        seen = np.zeros(sel.n * base, dtype=bool)
+        seen[sel.query * base + codes] = True
+        return np.count_nonzero(seen.reshape(sel.n, base), axis=1).astype(np.float64)
     # A plain sort beats np.unique here (numpy 2's hash-based unique is slower on int64 keys).
     pairs = np.sort(sel.query * base + codes)
     first = np.ones(len(pairs), dtype=bool)
@@ -126,13 +139,21 @@ def _last(sel: _Selection, feature: Feature) -> np.ndarray:
 
 
 def _seconds_since_previous(sel: _Selection, feature: Feature) -> np.ndarray:
-    others = sel.table.seq[sel.rows] != sel.queries.own_seq[sel.query]
-    query, rows = sel.query[others], sel.rows[others]
-    counts = np.bincount(query, minlength=sel.n)
-    has = counts > 0
+    # The previous row is the last of the query's run that is visible and not its own: walk
+    # back from the run's end past invisible rows and the own row. Only the current batch's
+    # rows can be invisible, so this takes a few steps, not one per row of the window.
+    seq, queries = sel.table.seq, sel.queries
+    row = sel.hi - 1
+    active = np.flatnonzero(row >= sel.lo)
+    while len(active):
+        r = row[active]
+        skip = (seq[r] > queries.visible_seq[active]) | (seq[r] == queries.own_seq[active])
+        active = active[skip]
+        row[active] -= 1
+        active = active[row[active] >= sel.lo[active]]
+    has = row >= sel.lo
     out = sel.nan()
-    previous = sel.table.time[rows[np.cumsum(counts)[has] - 1]]
-    out[has] = (sel.queries.time[has] - previous) / 1000.0
+    out[has] = (queries.time[has] - sel.table.time[row[has]]) / 1000.0
     return out
 
 

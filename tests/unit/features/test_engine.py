@@ -261,3 +261,21 @@ def test_empty_batch_and_bad_seq(demo_view):
     engine.process(EventBatch.from_records([record], [5], demo_view))
     with pytest.raises(ValueError, match="seq"):
         engine.process(EventBatch.from_records([record], [5], demo_view))
+
+
+def test_distinct_count_by_marking_and_by_sorting_agree(every_view, stream, monkeypatch):
+    from driftline.core.features import aggregations
+
+    batch = to_batch(stream)
+    cuts = random_cuts(len(stream), seed=13, count=40)
+    results = []
+    for factor in (0, 10**9):  # 0: always sort the pairs; 10**9: always mark a dense table
+        monkeypatch.setattr(aggregations, "DENSE_DISTINCT_FACTOR", factor)
+        results.append(run(FeatureEngine(every_view), batch, cuts))
+    columns = [i for i, f in enumerate(every_view.features) if f.aggregation == "distinct_count"]
+    assert len(columns) == len(WINDOWS)
+    np.testing.assert_array_equal(results[0][1][:, columns], results[1][1][:, columns])
+    for (_, sorted_values), (_, marked_values) in zip(
+        results[0][3].values(), results[1][3].values(), strict=True
+    ):
+        np.testing.assert_array_equal(sorted_values[columns], marked_values[columns])
