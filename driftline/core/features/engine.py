@@ -184,21 +184,31 @@ class FeatureEngine:
 
         # First-arrival order of touched entities keeps output independent of internal codes.
         touched, first = np.unique(entity, return_index=True)
+        arrived_last = len(entity) - 1 - np.unique(entity[::-1], return_index=True)[1]
         by_arrival = np.argsort(first, kind="stable")
         touched, first = touched[by_arrival], first[by_arrival]
+        arrived_last = arrived_last[by_arrival]
         last = self._table.last_row(touched)
         online_time = self._table.time[last]
+        # An entity whose last-arrived event is also its greatest (event_time, seq) row has the
+        # online query of that event's own query (same t, every row visible to both, same own
+        # row): its online values are that event's values. Only the others are queried.
+        same = self._table.seq[last] == seq[index][arrived_last]
+        ask = np.flatnonzero(~same)
         queries = Queries(
-            entity=np.concatenate([entity, touched]),
-            time=np.concatenate([times[index], online_time]),
+            entity=np.concatenate([entity, touched[ask]]),
+            time=np.concatenate([times[index], online_time[ask]]),
             visible_seq=np.concatenate(
-                [seq[index], np.full(len(touched), _ALWAYS_VISIBLE, dtype=np.int64)]
+                [seq[index], np.full(len(ask), _ALWAYS_VISIBLE, dtype=np.int64)]
             ),
-            own_seq=np.concatenate([seq[index], self._table.seq[last]]),
+            own_seq=np.concatenate([seq[index], self._table.seq[last[ask]]]),
         )
         result = evaluate(self._table, queries, self.view.features)
         values = np.full((n, width), np.nan)
         values[index] = result[: len(index)]
+        online_values = np.empty((len(touched), width))
+        online_values[same] = result[arrived_last[same]]
+        online_values[ask] = result[len(index) :]
 
         if n:
             self._max_time = max(self._max_time, int(times.max()))
@@ -214,7 +224,7 @@ class FeatureEngine:
             applied=applied,
             values=values,
             online_entity=entity_raw[first],
-            online_values=result[len(index) :],
+            online_values=online_values,
             online_event_time_ms=online_time,
             watermark_ms=self.watermark_ms,
             state_delta=delta,
