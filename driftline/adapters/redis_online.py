@@ -19,7 +19,6 @@ same MULTI as the stream state and offsets, so a crash never leaves them apart.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Iterator
 
 import redis
@@ -53,10 +52,6 @@ for k = 1, #KEYS do
 end
 return #KEYS
 """
-
-
-def _text(value: float) -> str:
-    return "nan" if math.isnan(value) else repr(float(value))
 
 
 class RedisOnlineStore:
@@ -104,8 +99,10 @@ class RedisOnlineStore:
         head: list[str | int] = [self.ttl_ms, len(names), *names]
         for p, part in self.by_partition(batch).items():
             argv = list(head)
+            # Values as Python floats' repr: the shortest text that reads back to the same
+            # double, "nan" for every NaN (tolist gives Python floats).
             for row, event_time in zip(part.values.tolist(), part.event_times_ms, strict=True):
-                argv.extend(_text(v) for v in row)
+                argv.extend(map(repr, row))
                 argv.append(int(event_time))
                 argv.append(part.version)
             yield [self.keys.feature_in(p, part.view, e) for e in part.entities], argv
