@@ -89,6 +89,7 @@ class FeatureRecordEncoder:
         self.slice_keys = [avro_string(name) for name in slice_names]
         self.slices_count = zigzag_varint(len(slice_names)) if slice_names else b""
         self._slice_blocks: dict[tuple[str, ...], bytes] = {}
+        self._entities: dict[str, bytes] = {}
 
     def _slices(self, values: tuple[str, ...]) -> bytes:
         """The encoded slices map; slice combinations repeat, so each is encoded once."""
@@ -106,41 +107,62 @@ class FeatureRecordEncoder:
     def _values_block(self, values: np.ndarray) -> list[bytes]:
         """The encoded ``values`` map of every row."""
         rows = len(values)
+        head, end = self.values_count, b"\x00"
         if self.n == 0:
-            return [b"\x00"] * rows
-        dense = np.tile(self.template, (rows, 1))
+            return [head + end] * rows
+        width = len(head) + len(self.template) + len(end)
+        dense = np.empty((rows, width), dtype=np.uint8)
+        dense[:, : len(head)] = np.frombuffer(head, dtype=np.uint8)
+        dense[:, len(head) : width - 1] = self.template
+        dense[:, -1] = 0
         raw = np.ascontiguousarray(values, dtype="<f8").view(np.uint8).reshape(rows, self.n, 8)
         for k, offset in enumerate(self.offsets):
-            dense[:, offset:offset + 8] = raw[:, k]
+            dense[:, len(head) + offset : len(head) + offset + 8] = raw[:, k]
+        flat = dense.tobytes()  # one copy, then one slice per row: cheaper than row.tobytes()
+        blocks = [flat[start : start + width] for start in range(0, rows * width, width)]
         nulls = np.isnan(values)
-        blocks = []
-        count, end = self.values_count, b"\x00"
-        for i, (row, has_null) in enumerate(zip(dense, nulls.any(axis=1).tolist(), strict=True)):
-            if not has_null:
-                blocks.append(count + row.tobytes() + end)
-                continue
-            parts = [count]
-            for k, key in enumerate(self.key_parts):
-                parts.append(key + (b"\x00" if nulls[i, k] else b"\x02" + raw[i, k].tobytes()))
+        for i in np.flatnonzero(nulls.any(axis=1)).tolist():
+            parts = [head]
+            doubles = raw[i].tobytes()
+            for k, (key, null) in enumerate(zip(self.key_parts, nulls[i].tolist(), strict=True)):
+                parts.append(key + (b"\x00" if null else b"\x02" + doubles[8 * k : 8 * k + 8]))
             parts.append(end)
-            blocks.append(b"".join(parts))
+            blocks[i] = b"".join(parts)
         return blocks
+
+    def _entity_strings(self, entity_ids: Sequence[str]) -> list[bytes]:
+        """Encoded entity ids; entities repeat, so each is encoded once (a bounded cache)."""
+        cache = self._entities
+        if len(cache) > 100_000:
+            cache.clear()
+        out = []
+        for entity in entity_ids:
+            encoded = cache.get(entity)
+            if encoded is None:
+                encoded = cache[entity] = avro_string(entity)
+            out.append(encoded)
+        return out
 
     def encode_batch(self, event_ids: Sequence[str], entity_ids: Sequence[str],
                      event_times_ms: Sequence[int], values: np.ndarray,
                      slices: Sequence[Sequence[str]]) -> list[bytes]:
         """One single-object message per row; ``slices`` holds one column per slice name."""
         blocks = self._values_block(values)
-        slice_rows = list(zip(*slices, strict=True)) if self.slice_keys else None
+        if self.slice_keys:
+            slice_blocks = [self._slices(row) for row in zip(*slices, strict=True)]
+        else:
+            slice_blocks = [b"\x00"] * len(blocks)
         times = zigzag_varints(np.asarray(event_times_ms, dtype=np.int64))
-        tail = self.view_part
-        out = []
-        for i, (event_id, entity_id, t) in enumerate(
-                zip(event_ids, entity_ids, times, strict=True)):
-            slices_block = self._slices(slice_rows[i]) if slice_rows is not None else b"\x00"
-            out.append(b"".join((self.header, avro_string(event_id), avro_string(entity_id), t,
-                                 tail, blocks[i], slices_block)))
-        return out
+        event_bytes = [event_id.encode("utf-8") for event_id in event_ids]
+        event_lengths = [_SHORT_LENGTHS[n] if n < 64 else zigzag_varint(n)
+                         for n in map(len, event_bytes)]
+        header, view_part = self.header, self.view_part
+        return [
+            b"".join((header, length, event_id, entity, t, view_part, block, slices_block))
+            for length, event_id, entity, t, block, slices_block in zip(
+                event_lengths, event_bytes, self._entity_strings(entity_ids), times, blocks,
+                slice_blocks, strict=True)
+        ]
 
 
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
