@@ -1,8 +1,8 @@
 """Redis online store: the latest feature values per entity and view.
 
 Key layout (``redis_layout.py``, documented in docs/online-store.md):
-    dl:f:{<topic>:<p>}:<view>:<entity_id>   hash   one field per feature (float text, 'nan'
-                                            when undefined), plus _event_time (ms of the
+    dl:f:{<topic>:<p>}:<view>:<entity_id>   hash   one field per feature (shortest float
+                                            text, 'nan' when undefined), plus _event_time (ms of the
                                             entity's latest applied event) and _version (the
                                             view version that computed the values)
 ``<topic>`` is the events topic and ``<p>`` the partition the producers' partitioner gives the
@@ -21,11 +21,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 
+import numpy as np
 import redis
 
 from driftline.adapters.redis_client import AsyncClient, SyncClient, connect_async, is_cluster
 from driftline.adapters.redis_layout import OnlineKeys
-from driftline.core.online import OnlineRow, OnlineWrite, StoreUnavailable
+from driftline.core.online import OnlineRow, OnlineWrite, StoreUnavailable, value_texts
 
 EVENT_TIME_FIELD = "_event_time"
 VERSION_FIELD = "_version"
@@ -99,11 +100,10 @@ class RedisOnlineStore:
         head: list[str | int] = [self.ttl_ms, len(names), *names]
         for p, part in self.by_partition(batch).items():
             argv = list(head)
-            # Values as Python floats' repr: the shortest text that reads back to the same
-            # double, "nan" for every NaN (tolist gives Python floats).
-            for row, event_time in zip(part.values.tolist(), part.event_times_ms, strict=True):
-                argv.extend(map(repr, row))
-                argv.append(int(event_time))
+            texts, width = value_texts(part.values), part.values.shape[1]
+            for i, event_time in enumerate(np.asarray(part.event_times_ms).tolist()):
+                argv.extend(texts[i * width : (i + 1) * width])
+                argv.append(event_time)
                 argv.append(part.version)
             yield [self.keys.feature_in(p, part.view, e) for e in part.entities], argv
 

@@ -15,6 +15,26 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import orjson
+
+
+def value_texts(values: np.ndarray) -> list[str]:
+    """Every value of a float matrix as text, row by row: the shortest decimal that reads back
+    (``float(text)``) to the same double, in JSON number syntax; ``nan`` for NaN.
+
+    orjson formats the whole matrix at once, about 25x faster than ``repr`` per value (which
+    was a tenth of the feature worker's time); its digits are ``repr``'s, its notation can
+    differ (``1e-9`` for ``1e-09``, ``0.00005`` for ``5e-05``). orjson writes ``null`` for NaN
+    and for infinities alike, so a matrix holding an infinity is written with ``repr``
+    (``inf``, ``-inf``) instead.
+    """
+    matrix = np.ascontiguousarray(values, dtype=np.float64)
+    if matrix.size == 0:
+        return []
+    if np.isinf(matrix).any():
+        return [repr(v) for v in matrix.ravel().tolist()]
+    text = orjson.dumps(matrix.ravel(), option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    return text[1:-1].replace("null", "nan").split(",")
 
 
 class StoreUnavailable(RuntimeError):
