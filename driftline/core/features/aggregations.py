@@ -1,24 +1,29 @@
 """Vectorised aggregations of many (query, row-range) pairs at once.
 
-A query is (entity, time ``t``, visible seq bound, own seq). For one window, every query's
-candidate rows are a contiguous run of the sorted `RowTable`; the runs are expanded into one flat
-``(query, row)`` list, rows that arrived after the query (seq above its bound) are masked out,
-and each aggregation is a bincount / ``ufunc.reduceat`` over that list. The flat list stays
-grouped by query and, within a query, sorted by (event_time, seq), which is what `last` and
-`seconds_since_previous` rely on. Empty selections give NaN, except count, distinct_count and sum
-which give 0.
+A query is (entity, time ``t``, visible seq bound, own seq, settled-before time). For one window,
+every query's candidate rows are a contiguous run of the sorted `RowTable`. For a window read row
+by row (`_Selection`), the runs are expanded into one flat ``(query, row)`` list, rows that
+arrived after the query (seq above its bound) are masked out, and each aggregation is a bincount
+/ ``ufunc.reduceat`` over that list. The flat list stays grouped by query and, within a query,
+sorted by (event_time, seq), which is what `last` and `seconds_since_previous` rely on. A long
+window (`slices`) reads its settled whole slices from its `SliceCache` and only the rest row by
+row (`_Pieces`). Empty selections give NaN, except count, distinct_count and sum which give 0.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from driftline.core.features import slices
 from driftline.core.features.definitions import Feature
+from driftline.core.features.slices import SliceCache, expand_ranges
 from driftline.core.features.table import RowTable
 from driftline.core.features.windows import Window
+
+NONE = np.iinfo(np.int64).min  # "no such row" in int64 time columns
 
 
 @dataclass(frozen=True)
@@ -29,9 +34,14 @@ class Queries:
     time: np.ndarray  # int64 query time t (ms)
     visible_seq: np.ndarray  # rows with seq > this are invisible (arrived later)
     own_seq: np.ndarray  # seq of the query's own event (excluded by seconds_since_previous)
+    settled_before: np.ndarray  # the entity's rows before this time are all from earlier
+    #                             batches (its earliest row in the current batch)
 
     def __len__(self) -> int:
         return len(self.entity)
+
+    def take(self, index: np.ndarray) -> Queries:
+        return Queries(*(getattr(self, f)[index] for f in Queries.__dataclass_fields__))
 
 
 class _Selection:
@@ -117,19 +127,23 @@ DENSE_DISTINCT_FACTOR = 4
 
 
 def _distinct_count(sel: _Selection, feature: Feature) -> np.ndarray:
-    codes = sel.column(feature.field)
+    return count_distinct(sel.query, sel.column(feature.field), sel.n)
+
+
+def count_distinct(query: np.ndarray, codes: np.ndarray, n: int) -> np.ndarray:
+    """Distinct ``codes`` per query (``query`` ids ``0..n-1``, in any order), as float64."""
     if len(codes) == 0:
-        return np.zeros(sel.n)
+        return np.zeros(n)
     base = int(codes.max()) + 1
-    if sel.n * base <= DENSE_DISTINCT_FACTOR * len(codes):
-        seen = np.zeros(sel.n * base, dtype=bool)
-        seen[sel.query * base + codes] = True
-        return np.count_nonzero(seen.reshape(sel.n, base), axis=1).astype(np.float64)
+    if n * base <= DENSE_DISTINCT_FACTOR * len(codes):
+        seen = np.zeros(n * base, dtype=bool)
+        seen[query * base + codes] = True
+        return np.count_nonzero(seen.reshape(n, base), axis=1).astype(np.float64)
     # A plain sort beats np.unique here (numpy 2's hash-based unique is slower on int64 keys).
-    pairs = np.sort(sel.query * base + codes)
+    pairs = np.sort(query * base + codes)
     first = np.ones(len(pairs), dtype=bool)
     np.not_equal(pairs[1:], pairs[:-1], out=first[1:])
-    return np.bincount(pairs[first] // base, minlength=sel.n).astype(np.float64)
+    return np.bincount(pairs[first] // base, minlength=n).astype(np.float64)
 
 
 def _last(sel: _Selection, feature: Feature) -> np.ndarray:
@@ -170,20 +184,151 @@ AGGREGATORS: dict[str, Callable[[_Selection, Feature], np.ndarray]] = {
 }
 
 
-def evaluate(table: RowTable, queries: Queries, features: Sequence[Feature]) -> np.ndarray:
-    """``(len(queries), len(features))`` float64 values; features sharing a window share work."""
+class _Pieces:
+    """A long window's aggregates per (query, slice), combined per query in slice order.
+
+    A query's pieces: its start edge (rows of the slice its interval starts in), its settled
+    whole slices (from the cache), and its tail (rows from the first unsettled slice on, each
+    slice a piece), in that order, which is slice order."""
+
+    def __init__(self, table: RowTable, queries: Queries, window: Window, cache: SliceCache):
+        width, n = cache.width, len(queries)
+        start, end = window.interval(queries.time)
+        first_whole = -(-start // width)  # the first slice starting at or after the start
+        settled_end = np.maximum(
+            first_whole, np.minimum(end // width, queries.settled_before // width))
+        lo1, hi1 = table.ranges(queries.entity, start, np.minimum(first_whole * width, end))
+        lo2, hi2 = table.ranges(queries.entity, np.maximum(settled_end * width, start), end)
+        part, rows = expand_ranges(np.stack([lo1, lo2], axis=1).ravel(),
+                                   np.stack([hi1, hi2], axis=1).ravel())
+        query = part >> 1
+        visible = table.seq[rows] <= queries.visible_seq[query]
+        query, rows = query[visible], rows[visible]
+        row_slice = table.time[rows] // width
+        new = np.ones(len(rows), dtype=bool)
+        new[1:] = (query[1:] != query[:-1]) | (row_slice[1:] != row_slice[:-1])
+        read, _ = cache.plan.compute(table, rows, np.cumsum(new) - 1)
+        clo, chi = cache.ranges(queries.entity, first_whole, settled_end)
+        cached_query, entry = expand_ranges(clo, chi)
+        # Place each piece: a query's start edge, then its cached slices, then its tail.
+        group_query = query[new]
+        n_read, n_cached = np.bincount(group_query, minlength=n), chi - clo
+        total = n_read + n_cached
+        base = np.cumsum(total) - total
+        tail = row_slice[new] >= settled_end[group_query]
+        n_edge = n_read - np.bincount(group_query[tail], minlength=n)
+        read_at = (base[group_query] + np.arange(len(group_query))
+                   - (np.cumsum(n_read) - n_read)[group_query]
+                   + np.where(tail, n_cached[group_query], 0))
+        cached_at = (base[cached_query] + n_edge[cached_query] + np.arange(len(entry))
+                     - (np.cumsum(n_cached) - n_cached)[cached_query])
+        order = np.empty(len(read_at) + len(cached_at), dtype=np.int64)
+        order[read_at] = np.arange(len(read_at))
+        order[cached_at] = len(read_at) + np.arange(len(cached_at))
+        cached = slices.take({k: v for k, v in cache.stats.items() if k in read}, entry)
+        self.stats = slices.take(slices.concat([read, cached]), order)
+        self.query = np.repeat(np.arange(n, dtype=np.int64), total)
+        self.n, self.table, self.queries, self.cache = n, table, queries, cache
+        self.rows, self.row_query = rows, query
+        self.cached_query, self.entry = cached_query, entry
+        self.counts = np.bincount(self.query, self.stats["count"], minlength=n)
+        self.nonempty = total > 0
+        self.starts = base[self.nonempty]
+        self.ends = (base + total)[self.nonempty] - 1
+        self.sums: dict[str, np.ndarray] = {}
+
+    def nan(self) -> np.ndarray:
+        return np.full(self.n, np.nan)
+
+    def sum(self, field: str) -> np.ndarray:
+        if field not in self.sums:  # the slices' sums, added in slice order
+            self.sums[field] = np.bincount(self.query, self.stats[f"sum:{field}"],
+                                           minlength=self.n)
+        return self.sums[field]
+
+    def mean(self, field: str) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.sum(field) / self.counts
+
+    def std(self, field: str) -> np.ndarray:
+        mean, count = self.mean(field), self.stats["count"]
+        between = self.stats[f"sum:{field}"] / count - mean[self.query]
+        m2 = np.bincount(self.query, self.stats[f"m2:{field}"] + count * between * between,
+                         minlength=self.n)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.sqrt(m2 / self.counts)
+
+    def reduce(self, ufunc: np.ufunc, name: str) -> np.ndarray:
+        out = self.nan()
+        if len(self.starts):
+            out[self.nonempty] = ufunc.reduceat(self.stats[name], self.starts)
+        return out
+
+    def last(self, field: str) -> np.ndarray:
+        out = self.nan()
+        out[self.nonempty] = self.stats[f"last:{field}"][self.ends]
+        return out
+
+    def distinct(self, field: str) -> np.ndarray:
+        start = self.cache.stats[f"dstart:{field}"][self.entry]
+        owner, index = expand_ranges(start, start + self.cache.stats[f"dcount:{field}"][self.entry])
+        return count_distinct(
+            np.concatenate([self.row_query, self.cached_query[owner]]),
+            np.concatenate([self.table.values[field][self.rows], self.cache.codes[field][index]]),
+            self.n)
+
+    def seconds_since_previous(self) -> np.ndarray:
+        """(t - the greatest time among the included rows other than the query's own) / 1000;
+        the own row is always read row by row (it is in the current batch)."""
+        previous = np.full(self.n, NONE, dtype=np.int64)
+        others = self.table.seq[self.rows] != self.queries.own_seq[self.row_query]
+        for query, times in ((self.cached_query, self.cache.stats["last_time"][self.entry]),
+                             (self.row_query[others], self.table.time[self.rows[others]])):
+            counts = np.bincount(query, minlength=self.n)
+            has = counts > 0  # a query's pieces are in time order: its last is its greatest
+            previous[has] = np.maximum(previous[has], times[np.cumsum(counts)[has] - 1])
+        out = self.nan()
+        has = previous != NONE
+        out[has] = (self.queries.time[has] - previous[has]) / 1000.0
+        return out
+
+
+SLICED: dict[str, Callable[[_Pieces, Feature], np.ndarray]] = {
+    "count": lambda p, f: p.counts,
+    "sum": lambda p, f: p.sum(f.field),
+    "mean": lambda p, f: p.mean(f.field),
+    "min": lambda p, f: p.reduce(np.minimum, f"min:{f.field}"),
+    "max": lambda p, f: p.reduce(np.maximum, f"max:{f.field}"),
+    "std": lambda p, f: p.std(f.field),
+    "distinct_count": lambda p, f: p.distinct(f.field),
+    "last": lambda p, f: p.last(f.field),
+    "seconds_since_previous": lambda p, f: p.seconds_since_previous(),
+}
+
+
+def evaluate(table: RowTable, queries: Queries, features: Sequence[Feature],
+             caches: Mapping[Window, SliceCache]) -> np.ndarray:
+    """``(len(queries), len(features))`` float64 values; features sharing a window share work.
+
+    ``caches`` holds the `SliceCache` of each long window, refreshed after every earlier batch
+    (`FeatureEngine` does this); other windows are read row by row."""
     # Sorted queries make every searchsorted and row gather walk the table in order, which is
     # several times faster than arrival order; results are permuted back at the end.
     order = np.lexsort((queries.time, queries.entity))
-    queries = Queries(*(getattr(queries, f)[order] for f in Queries.__dataclass_fields__))
+    queries = queries.take(order)
     out = np.empty((len(queries), len(features)))
     by_window: dict[Window, list[int]] = {}
     for i, feature in enumerate(features):
         by_window.setdefault(feature.window, []).append(i)
     for window, columns in by_window.items():
-        selection = _Selection(table, queries, window)
-        for i in columns:
-            out[:, i] = AGGREGATORS[features[i].aggregation](selection, features[i])
+        if window in caches:
+            pieces = _Pieces(table, queries, window, caches[window])
+            for i in columns:
+                out[:, i] = SLICED[features[i].aggregation](pieces, features[i])
+        else:
+            selection = _Selection(table, queries, window)
+            for i in columns:
+                out[:, i] = AGGREGATORS[features[i].aggregation](selection, features[i])
     unsorted = np.empty_like(out)
     unsorted[order] = out
     return unsorted

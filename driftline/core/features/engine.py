@@ -43,6 +43,7 @@ import numpy as np
 
 from driftline.core.features.aggregations import Queries, evaluate
 from driftline.core.features.definitions import FeatureView
+from driftline.core.features.slices import caches_for
 from driftline.core.features.table import RowTable
 from driftline.core.features.vocabulary import Vocabulary
 from driftline.core.features.windows import earliest_start
@@ -157,6 +158,7 @@ class FeatureEngine:
         dtypes.update({n: np.dtype(np.int64) for n in self._strings})
         self._table = RowTable(dtypes)
         self._windows = tuple(dict.fromkeys(f.window for f in view.features))
+        self._caches = caches_for(view.features)  # derived from the table, never snapshotted
         self._max_time = NO_TIME
         self._last_seq = -1 - _ALWAYS_VISIBLE  # int64 min: any seq is larger
 
@@ -183,11 +185,14 @@ class FeatureEngine:
         self._table.insert(entity, times[index], seq[index], columns)
 
         # First-arrival order of touched entities keeps output independent of internal codes.
-        touched, first = np.unique(entity, return_index=True)
+        touched, first, inverse = np.unique(entity, return_index=True, return_inverse=True)
         arrived_last = len(entity) - 1 - np.unique(entity[::-1], return_index=True)[1]
+        earliest = np.full(len(touched), _ALWAYS_VISIBLE, dtype=np.int64)
+        np.minimum.at(earliest, inverse, times[index])  # each entity's earliest row here
+        settled_before = earliest[inverse]
         by_arrival = np.argsort(first, kind="stable")
         touched, first = touched[by_arrival], first[by_arrival]
-        arrived_last = arrived_last[by_arrival]
+        arrived_last, earliest = arrived_last[by_arrival], earliest[by_arrival]
         last = self._table.last_row(touched)
         online_time = self._table.time[last]
         # An entity whose last-arrived event is also its greatest (event_time, seq) row has the
@@ -202,8 +207,11 @@ class FeatureEngine:
                 [seq[index], np.full(len(ask), _ALWAYS_VISIBLE, dtype=np.int64)]
             ),
             own_seq=np.concatenate([seq[index], self._table.seq[last[ask]]]),
+            settled_before=np.concatenate([settled_before, earliest[ask]]),
         )
-        result = evaluate(self._table, queries, self.view.features)
+        result = evaluate(self._table, queries, self.view.features, self._caches)
+        for cache in self._caches.values():
+            cache.refresh(self._table, entity, times[index])
         values = np.full((n, width), np.nan)
         values[index] = result[: len(index)]
         online_values = np.empty((len(touched), width))
@@ -271,6 +279,8 @@ class FeatureEngine:
         every = np.arange(len(seq))
         entity, columns = engine._encode(entity_raw, batch, every)
         engine._table.insert(entity, batch.event_time_ms, seq, columns)
+        for cache in engine._caches.values():
+            cache.refresh(engine._table, entity, batch.event_time_ms)
         engine._max_time = int(joined("max_event_time_ms").max())
         engine._last_seq = int(joined("last_seq").max())
         engine._expire()
@@ -321,8 +331,16 @@ class FeatureEngine:
         cutoff = min(earliest_start(w, self.watermark_ms) for w in self._windows)
         if int(table.time.min()) < cutoff:
             table.keep(table.time >= cutoff)
+        for cache in self._caches.values():
+            cache.drop_before(cutoff)
         # Bound the dictionaries by live state rather than by history.
         for name, vocab in self._vocab.items():
             if len(vocab) > 2 * len(table) + 1024:
                 column = table.entity if name == "entity" else table.values[name]
-                table.remap(name, vocab.compact(column))
+                remap = vocab.compact(column)
+                table.remap(name, remap)
+                for cache in self._caches.values():
+                    if name == "entity":
+                        cache.remap_entity(remap)
+                    else:
+                        cache.remap_codes(name, remap)

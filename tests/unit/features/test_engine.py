@@ -26,12 +26,14 @@ WINDOWS = {
     "t1m": "{kind: tumbling, size: 1m}",
     "h5m": "{kind: hopping, size: 5m, hop: 1m}",
 }
+# Long windows are aggregated per slice from a cache (core/features/slices.py).
+LONG_WINDOWS = {"r8h": "{kind: rolling, size: 8h}", "r6h": "{kind: rolling, size: 6h}"}
 FIELD_OF = {"distinct_count": "merchant_id", "count": None, "seconds_since_previous": None}
 
 
-def _every_aggregation_yaml() -> str:
+def _every_aggregation_yaml(windows: dict[str, str] = WINDOWS) -> str:
     features = []
-    for (wname, window), agg in itertools.product(WINDOWS.items(), AGGREGATIONS):
+    for (wname, window), agg in itertools.product(windows.items(), AGGREGATIONS):
         field = FIELD_OF.get(agg, "amount")
         field_line = f", field: {field}" if field else ""
         features.append(f"  {agg}_{wname}: {{aggregation: {agg}{field_line}, window: {window}}}")
@@ -57,6 +59,13 @@ views:
 def every_view(tmp_path_factory: pytest.TempPathFactory) -> FeatureView:
     path = tmp_path_factory.mktemp("defs") / "every.yaml"
     path.write_text(_every_aggregation_yaml())
+    return load_definitions(path).view("every")
+
+
+@pytest.fixture(scope="module")
+def long_view(tmp_path_factory: pytest.TempPathFactory) -> FeatureView:
+    path = tmp_path_factory.mktemp("defs") / "long.yaml"
+    path.write_text(_every_aggregation_yaml(LONG_WINDOWS))
     return load_definitions(path).view("every")
 
 
@@ -148,9 +157,9 @@ def stream() -> pd.DataFrame:
     return events
 
 
-@pytest.mark.parametrize("view_name", ["every", "demo"])
-def test_matches_oracle_for_any_batching(view_name, every_view, demo_view, stream):
-    view = every_view if view_name == "every" else demo_view
+@pytest.mark.parametrize("view_name", ["every", "long", "demo"])
+def test_matches_oracle_for_any_batching(view_name, every_view, long_view, demo_view, stream):
+    view = {"every": every_view, "long": long_view, "demo": demo_view}[view_name]
     batch = to_batch(stream)
     cuts = random_cuts(len(stream), seed=3, count=25)
     oracle = run_oracle(view, stream, cuts)
@@ -173,12 +182,17 @@ def test_every_aggregation_and_window_is_exercised(every_view, stream):
         assert len(np.unique(finite)) > 3, name  # not constant: the feature is really tested
 
 
-def test_results_do_not_depend_on_batching_bitwise(demo_view, stream):
+@pytest.mark.parametrize("view_name", ["long", "demo"])
+def test_results_do_not_depend_on_batching_bitwise(view_name, long_view, demo_view, stream):
+    view = long_view if view_name == "long" else demo_view
     batch = to_batch(stream)
-    one = run(FeatureEngine(demo_view), batch, [len(stream)])
-    many = run(FeatureEngine(demo_view), batch, random_cuts(len(stream), seed=11, count=200))
+    one = run(FeatureEngine(view), batch, [len(stream)])
+    many = run(FeatureEngine(view), batch, random_cuts(len(stream), seed=11, count=200))
     np.testing.assert_array_equal(one[1], many[1])
     assert one[3].keys() == many[3].keys()
+    for entity, (t, values) in one[3].items():
+        assert many[3][entity][0] == t
+        np.testing.assert_array_equal(many[3][entity][1], values, err_msg=entity)
 
 
 def _savez_roundtrip(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -189,7 +203,10 @@ def _savez_roundtrip(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {k: loaded[k] for k in loaded.files}
 
 
-def test_restore_from_snapshot_and_deltas_continues_like_live(every_view, stream):
+@pytest.mark.parametrize("view_name", ["every", "long"])
+def test_restore_from_snapshot_and_deltas_continues_like_live(view_name, every_view, long_view,
+                                                              stream):
+    every_view = every_view if view_name == "every" else long_view
     batch = to_batch(stream)
     cuts = random_cuts(len(stream), seed=5, count=30)
     live = FeatureEngine(every_view)
@@ -279,3 +296,31 @@ def test_distinct_count_by_marking_and_by_sorting_agree(every_view, stream, monk
         results[0][3].values(), results[1][3].values(), strict=True
     ):
         np.testing.assert_array_equal(sorted_values[columns], marked_values[columns])
+
+
+def test_long_window_caches_stay_exact_when_the_vocabularies_are_compacted(long_view):
+    # 80 hours of short-lived cards: each makes two payments 10 minutes apart at one merchant of
+    # its own, so the dictionaries of cards and merchants are compacted many times while the
+    # 6 h and 8 h windows' slice caches hold their codes.
+    rng = np.random.default_rng(3)
+    n = 8_000
+    born = 1_700_000_000_000 + np.arange(n, dtype=np.int64) * 36_000
+    time = np.concatenate([born, born + 600_000])
+    card = np.concatenate([np.arange(n), np.arange(n)])
+    order = np.argsort(time, kind="stable")
+    events = pd.DataFrame({
+        "entity_id": [f"card-{c}" for c in card[order]],
+        "event_time": time[order],
+        "seq": np.arange(2 * n, dtype=np.int64),
+        "amount": np.round(rng.lognormal(3, 1, 2 * n), 2),
+        "merchant_id": [f"m-{c}" for c in card[order]],
+    })
+    events["entity"] = events["entity_id"]
+    engine = FeatureEngine(long_view)
+    cuts = list(range(50, 2 * n, 50)) + [2 * n]
+    applied, values, _, final = run(engine, to_batch(events), cuts)
+    assert len(engine._vocab["entity"]) < n / 2  # compacted, not just grown
+    oracle = run_oracle(long_view, events, cuts)
+    np.testing.assert_array_equal(~applied, oracle.late)
+    np.testing.assert_allclose(values, oracle.values, rtol=1e-9, atol=1e-9)
+    assert_online_equal(final, oracle.final_online)
