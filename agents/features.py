@@ -133,7 +133,7 @@ class FeatureStage:
     def send(self, staged: StagedFeatures) -> None:
         """Step 3: produce the batch's FeatureRecords (not yet acknowledged)."""
         produce, topic = self.producer.produce, self.features_topic
-        for n, (message, key) in enumerate(staged.records):
+        for n, (message, key) in enumerate(zip(staged.records, staged.keys, strict=True)):
             produce(topic, message, key=key)
             if n % 5000 == 4999:
                 self.producer.poll(0)  # serve delivery reports before the queue fills
@@ -173,7 +173,9 @@ class FeatureStage:
             self.offline.features_dir(view.name), batch.partition,
             _feature_columns(view, batch, rows, result.values, applied),
             txn.epochs[batch.partition])
-        staged.records += self._encode(view, rows, result.values[applied])
+        messages, keys = self._encode(view, rows, result.values[applied])
+        staged.records += messages
+        staged.keys += keys
         txn.write_online(OnlineWrite(
             view.name, view.version, tuple(view.feature_names), result.online_entity.tolist(),
             result.online_values, result.online_event_time_ms.tolist()))
@@ -181,9 +183,9 @@ class FeatureStage:
         return len(applied)
 
     def _encode(self, view: FeatureView, rows: RecordColumns,
-                values: np.ndarray) -> list[tuple[bytes, bytes]]:
-        """The FeatureRecords of the applied events `rows` (`values`: their feature rows), as
-        (value, key) pairs."""
+                values: np.ndarray) -> tuple[list[bytes], list[bytes]]:
+        """The FeatureRecords of the applied events `rows` (`values`: their feature rows) and
+        their keys."""
         encoder = self.encoders.get(view.name)
         if encoder is None:
             encoder = self.encoders[view.name] = FeatureRecordEncoder(
@@ -192,7 +194,7 @@ class FeatureStage:
         messages = encoder.encode_batch(
             rows.as_str("event_id"), entities, rows[view.source.event_time_field],
             values, [rows.as_str(s) for s in view.slices])
-        return list(zip(messages, [e.encode() for e in entities], strict=True))
+        return messages, [entity.encode() for entity in entities]
 
 
 @dataclass
@@ -200,7 +202,8 @@ class StagedFeatures:
     """A batch the feature stage has computed but not yet sent or committed."""
 
     txn: Transaction
-    records: list[tuple[bytes, bytes]] = field(default_factory=list)  # FeatureRecords, keys
+    records: list[bytes] = field(default_factory=list)  # FeatureRecords
+    keys: list[bytes] = field(default_factory=list)  # their Kafka keys (the entity ids)
     rows: int = 0
     late: int = 0
     append_times_ms: np.ndarray = field(default_factory=lambda: np.empty(0))

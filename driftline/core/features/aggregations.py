@@ -121,11 +121,6 @@ def _std(sel: _Selection, feature: Feature) -> np.ndarray:
         return np.sqrt(np.bincount(sel.query, deviation * deviation, minlength=sel.n) / sel.counts)
 
 
-# distinct_count marks (query, code) pairs in a table of queries x codes when that table is at
-# most this many times larger than the selection, and sorts the pairs otherwise.
-DENSE_DISTINCT_FACTOR = 4
-
-
 def _distinct_count(sel: _Selection, feature: Feature) -> np.ndarray:
     return count_distinct(sel.query, sel.column(feature.field), sel.n)
 
@@ -135,7 +130,7 @@ def count_distinct(query: np.ndarray, codes: np.ndarray, n: int) -> np.ndarray:
     if len(codes) == 0:
         return np.zeros(n)
     base = int(codes.max()) + 1
-    if n * base <= DENSE_DISTINCT_FACTOR * len(codes):
+    if n * base <= slices.DENSE_DISTINCT_FACTOR * len(codes):
         seen = np.zeros(n * base, dtype=bool)
         seen[query * base + codes] = True
         return np.count_nonzero(seen.reshape(n, base), axis=1).astype(np.float64)

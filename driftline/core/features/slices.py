@@ -33,6 +33,9 @@ from driftline.core.features.windows import Window
 
 SLICED_FROM_MS = 6 * 3_600_000
 SLICES_PER_WINDOW = 96
+# Distinct (group, code) pairs are found by marking a dense groups x codes table when it is at
+# most this many times larger than the pairs, and by sorting them otherwise.
+DENSE_DISTINCT_FACTOR = 4
 
 Stats = dict[str, np.ndarray]  # one array per aggregate ("count", "sum:amount", ...), per group
 
@@ -130,7 +133,12 @@ class StatsPlan:
                 continue
             values = table.values[f][rows]
             base = int(values.max()) + 1
-            pairs = np.unique(group * base + values)
+            if n * base <= DENSE_DISTINCT_FACTOR * len(values):
+                seen = np.zeros(n * base, dtype=bool)
+                seen[group * base + values] = True
+                pairs = np.flatnonzero(seen)
+            else:
+                pairs = np.unique(group * base + values)
             owner = pairs // base
             codes[f] = pairs - owner * base
             stats[f"dcount:{f}"] = np.bincount(owner, minlength=n)

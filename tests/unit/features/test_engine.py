@@ -280,17 +280,20 @@ def test_empty_batch_and_bad_seq(demo_view):
         engine.process(EventBatch.from_records([record], [5], demo_view))
 
 
-def test_distinct_count_by_marking_and_by_sorting_agree(every_view, stream, monkeypatch):
-    from driftline.core.features import aggregations
+@pytest.mark.parametrize("view_name", ["every", "long"])
+def test_distinct_count_by_marking_and_by_sorting_agree(view_name, every_view, long_view, stream,
+                                                        monkeypatch):
+    from driftline.core.features import slices
 
+    view = every_view if view_name == "every" else long_view
     batch = to_batch(stream)
     cuts = random_cuts(len(stream), seed=13, count=40)
     results = []
     for factor in (0, 10**9):  # 0: always sort the pairs; 10**9: always mark a dense table
-        monkeypatch.setattr(aggregations, "DENSE_DISTINCT_FACTOR", factor)
-        results.append(run(FeatureEngine(every_view), batch, cuts))
-    columns = [i for i, f in enumerate(every_view.features) if f.aggregation == "distinct_count"]
-    assert len(columns) == len(WINDOWS)
+        monkeypatch.setattr(slices, "DENSE_DISTINCT_FACTOR", factor)
+        results.append(run(FeatureEngine(view), batch, cuts))
+    columns = [i for i, f in enumerate(view.features) if f.aggregation == "distinct_count"]
+    assert len(columns) == len(WINDOWS if view_name == "every" else LONG_WINDOWS)
     np.testing.assert_array_equal(results[0][1][:, columns], results[1][1][:, columns])
     for (_, sorted_values), (_, marked_values) in zip(
         results[0][3].values(), results[1][3].values(), strict=True
