@@ -88,7 +88,7 @@ class OfflineStore:
         written: list[Path] = []
         if table.num_rows == 0:
             return written
-        days = _day(np.asarray(columns[event_time_column], dtype=np.int64))
+        days = np.asarray(columns[event_time_column], dtype=np.int64) // MS_PER_DAY
         offsets = None if span else np.asarray(columns[offset_column], dtype=np.int64)
         # Dictionaries for strings (ids and slices repeat; a feature value rarely does) and
         # min/max statistics for integers (event time, offset: what readers prune on) only:
@@ -104,7 +104,7 @@ class OfflineStore:
             part = table if len(unique_days) == 1 else table.filter(pa.array(mask))
             first, last = span if span else (int(offsets[mask].min()), int(offsets[mask].max()))
             name = f"p{partition}-{first:020d}-{last:020d}.parquet.pending-{pending_epoch}"
-            target = base / f"date={day}" / name
+            target = base / f"date={np.datetime64(int(day), 'D')}" / name
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.parent / f".{name}.{uuid.uuid4().hex}.tmp"
             pq.write_table(part, tmp, **options)
