@@ -192,6 +192,7 @@ class _Pieces:
         first_whole = -(-start // width)  # the first slice starting at or after the start
         settled_end = np.maximum(
             first_whole, np.minimum(end // width, queries.settled_before // width))
+        settled_end = np.where(cache.holds(queries.entity), settled_end, first_whole)
         lo1, hi1 = table.ranges(queries.entity, start, np.minimum(first_whole * width, end))
         lo2, hi2 = table.ranges(queries.entity, np.maximum(settled_end * width, start), end)
         part, rows = expand_ranges(np.stack([lo1, lo2], axis=1).ravel(),
@@ -217,11 +218,14 @@ class _Pieces:
                    + np.where(tail, n_cached[group_query], 0))
         cached_at = (base[cached_query] + n_edge[cached_query] + np.arange(len(entry))
                      - (np.cumsum(n_cached) - n_cached)[cached_query])
-        order = np.empty(len(read_at) + len(cached_at), dtype=np.int64)
-        order[read_at] = np.arange(len(read_at))
-        order[cached_at] = len(read_at) + np.arange(len(cached_at))
-        cached = slices.take({k: v for k, v in cache.stats.items() if k in read}, entry)
-        self.stats = slices.take(slices.concat([read, cached]), order)
+        if len(entry):
+            order = np.empty(len(read_at) + len(cached_at), dtype=np.int64)
+            order[read_at] = np.arange(len(read_at))
+            order[cached_at] = len(read_at) + np.arange(len(cached_at))
+            cached = slices.take({k: v for k, v in cache.stats.items() if k in read}, entry)
+            self.stats = slices.take(slices.concat([read, cached]), order)
+        else:  # nothing from the cache: the pieces read are already in (query, slice) order
+            self.stats = read
         self.query = np.repeat(np.arange(n, dtype=np.int64), total)
         self.n, self.table, self.queries, self.cache = n, table, queries, cache
         self.rows, self.row_query = rows, query

@@ -33,6 +33,10 @@ from driftline.core.features.windows import Window
 
 SLICED_FROM_MS = 6 * 3_600_000
 SLICES_PER_WINDOW = 96
+# Only entities with at least this many retained rows have their slices cached; a lighter
+# entity's query reads its rows (the values are the same either way: a slice's aggregates are
+# computed from its rows by the same code), which costs less than keeping its slices.
+CACHED_FROM_ROWS = SLICES_PER_WINDOW // 2
 # Distinct (group, code) pairs are found by marking a dense groups x codes table when it is at
 # most this many times larger than the pairs, and by sorting them otherwise.
 DENSE_DISTINCT_FACTOR = 4
@@ -146,6 +150,14 @@ class StatsPlan:
         return stats, codes
 
 
+def _member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """``np.isin`` for a sorted, unique ``sorted_set``."""
+    if len(sorted_set) == 0:
+        return np.zeros(len(values), dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_set, values), len(sorted_set) - 1)
+    return sorted_set[at] == values
+
+
 def unique_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The distinct (a, b) pairs of two int64 columns, sorted by (a, b)."""
     order = np.lexsort((b, a))
@@ -166,16 +178,39 @@ class SliceCache:
         self.stats = plan.empty()
         # Each distinct field's codes, flat; entry i's are codes[dstart[i]:dstart[i]+dcount[i]].
         self.codes = {f: np.zeros(0, dtype=np.int64) for f in plan.distinct}
+        # Entities whose slices are all in the cache (sorted codes).
+        self.cached = np.zeros(0, dtype=np.int64)
         self._key: tuple[np.ndarray, _KeyCoder] | None = None
 
     def __len__(self) -> int:
         return len(self.slice)
 
     def refresh(self, table: RowTable, entity: np.ndarray, time: np.ndarray) -> None:
-        """Recompute the slices holding rows at (``entity``, ``time``) from ``table``."""
+        """Bring the cache up to date after rows at (``entity``, ``time``) were added: an entity
+        that now has `CACHED_FROM_ROWS` rows gets all its slices cached, a cached one gets the
+        touched slices recomputed, one that fell below is no longer cached."""
         if len(entity) == 0:
             return
-        ent, sl = unique_pairs(entity, time // self.width)
+        touched = np.unique(entity)
+        first = np.searchsorted(table.entity, touched, side="left")
+        rows = np.searchsorted(table.entity, touched, side="right") - first
+        heavy = rows >= CACHED_FROM_ROWS
+        was = self.holds(touched)
+        # An entity that fell below stops being read from the cache; its entries, no longer
+        # refreshed, are left to expire with their slices.
+        dropped = touched[was & ~heavy]
+        added = touched[heavy & ~was]
+        self.cached = np.union1d(np.setdiff1d(self.cached, dropped, assume_unique=True), added)
+        kept = _member(entity, touched[heavy & was])
+        ent, sl = entity[kept], time[kept] // self.width
+        if len(added):  # every slice of a newly cached entity
+            at = first[heavy & ~was]
+            owner, row = expand_ranges(at, at + rows[heavy & ~was])
+            ent = np.concatenate([ent, added[owner]])
+            sl = np.concatenate([sl, table.time[row] // self.width])
+        if len(ent) == 0:
+            return
+        ent, sl = unique_pairs(ent, sl)
         lo, hi = table.ranges(ent, sl * self.width, (sl + 1) * self.width)
         present = hi > lo  # a slice can be expired as soon as it was written
         ent, sl, lo, hi = ent[present], sl[present], lo[present], hi[present]
@@ -183,6 +218,10 @@ class SliceCache:
             group, rows = expand_ranges(lo, hi)
             stats, codes = self.plan.compute(table, rows, group, with_distinct=True)
             self._store(ent, sl, stats, codes)
+
+    def holds(self, entity: np.ndarray) -> np.ndarray:
+        """Whether each entity's slices are all in the cache."""
+        return _member(entity, self.cached)
 
     def _store(self, ent: np.ndarray, sl: np.ndarray, fresh: Stats,
                codes: Mapping[str, np.ndarray]) -> None:
@@ -230,6 +269,8 @@ class SliceCache:
         """Apply an order-preserving entity code remap; entities without live rows (-1) go."""
         self.entity = remap[self.entity]
         self._keep(self.entity >= 0)
+        cached = remap[self.cached]
+        self.cached = cached[cached >= 0]
 
     def remap_codes(self, field: str, remap: np.ndarray) -> None:
         """Apply a distinct field's vocabulary remap to its cached codes. A code without live

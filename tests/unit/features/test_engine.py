@@ -157,8 +157,19 @@ def stream() -> pd.DataFrame:
     return events
 
 
-@pytest.mark.parametrize("view_name", ["every", "long", "demo"])
-def test_matches_oracle_for_any_batching(view_name, every_view, long_view, demo_view, stream):
+def cache_every_entity(monkeypatch: pytest.MonkeyPatch, cached_from: int | None) -> None:
+    """Cache the long windows' slices of entities from ``cached_from`` rows (None: default)."""
+    if cached_from is not None:
+        from driftline.core.features import slices
+
+        monkeypatch.setattr(slices, "CACHED_FROM_ROWS", cached_from)
+
+
+@pytest.mark.parametrize(("view_name", "cached_from"), [
+    ("every", None), ("long", None), ("long", 0), ("demo", None), ("demo", 0)])
+def test_matches_oracle_for_any_batching(view_name, cached_from, every_view, long_view, demo_view,
+                                         stream, monkeypatch):
+    cache_every_entity(monkeypatch, cached_from)
     view = {"every": every_view, "long": long_view, "demo": demo_view}[view_name]
     batch = to_batch(stream)
     cuts = random_cuts(len(stream), seed=3, count=25)
@@ -183,7 +194,10 @@ def test_every_aggregation_and_window_is_exercised(every_view, stream):
 
 
 @pytest.mark.parametrize("view_name", ["long", "demo"])
-def test_results_do_not_depend_on_batching_bitwise(view_name, long_view, demo_view, stream):
+@pytest.mark.parametrize("cached_from", [None, 0])
+def test_results_do_not_depend_on_batching_bitwise(view_name, cached_from, long_view, demo_view,
+                                                   stream, monkeypatch):
+    cache_every_entity(monkeypatch, cached_from)
     view = long_view if view_name == "long" else demo_view
     batch = to_batch(stream)
     one = run(FeatureEngine(view), batch, [len(stream)])
@@ -203,9 +217,11 @@ def _savez_roundtrip(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {k: loaded[k] for k in loaded.files}
 
 
-@pytest.mark.parametrize("view_name", ["every", "long"])
-def test_restore_from_snapshot_and_deltas_continues_like_live(view_name, every_view, long_view,
-                                                              stream):
+@pytest.mark.parametrize(("view_name", "cached_from"), [("every", None), ("long", None),
+                                                        ("long", 0)])
+def test_restore_from_snapshot_and_deltas_continues_like_live(view_name, cached_from, every_view,
+                                                              long_view, stream, monkeypatch):
+    cache_every_entity(monkeypatch, cached_from)
     every_view = every_view if view_name == "every" else long_view
     batch = to_batch(stream)
     cuts = random_cuts(len(stream), seed=5, count=30)
@@ -285,6 +301,7 @@ def test_distinct_count_by_marking_and_by_sorting_agree(view_name, every_view, l
                                                         monkeypatch):
     from driftline.core.features import slices
 
+    cache_every_entity(monkeypatch, 0)
     view = every_view if view_name == "every" else long_view
     batch = to_batch(stream)
     cuts = random_cuts(len(stream), seed=13, count=40)
@@ -301,28 +318,38 @@ def test_distinct_count_by_marking_and_by_sorting_agree(view_name, every_view, l
         np.testing.assert_array_equal(sorted_values[columns], marked_values[columns])
 
 
-def test_long_window_caches_stay_exact_when_the_vocabularies_are_compacted(long_view):
-    # 80 hours of short-lived cards: each makes two payments 10 minutes apart at one merchant of
-    # its own, so the dictionaries of cards and merchants are compacted many times while the
-    # 6 h and 8 h windows' slice caches hold their codes.
+def test_long_window_caches_stay_exact_when_the_vocabularies_are_compacted(long_view,
+                                                                           monkeypatch):
+    # 90 hours of short-lived cards: each makes four payments 10 minutes apart at one merchant
+    # of its own, so the dictionaries of cards and merchants are compacted while the 6 h and 8 h
+    # windows' slice caches hold their codes. A card's slices are cached from its third payment
+    # on and read by its fourth. Every tenth card pays twice more, 8 h 25 min and 8 h 50 min
+    # after its first: by then only one retained row is left, so it is no longer cached, and
+    # the last payment must read the one before from the rows.
+    cache_every_entity(monkeypatch, 3)
     rng = np.random.default_rng(3)
-    n = 8_000
+    n = 9_000
     born = 1_700_000_000_000 + np.arange(n, dtype=np.int64) * 36_000
-    time = np.concatenate([born, born + 600_000])
-    card = np.concatenate([np.arange(n), np.arange(n)])
+    back = np.arange(0, n, 10)
+    minute = 60_000
+    time = np.concatenate([born + k * 10 * minute for k in range(4)]
+                          + [born[back] + 505 * minute, born[back] + 530 * minute])
+    card = np.concatenate([np.arange(n)] * 4 + [back, back])
     order = np.argsort(time, kind="stable")
     events = pd.DataFrame({
         "entity_id": [f"card-{c}" for c in card[order]],
         "event_time": time[order],
-        "seq": np.arange(2 * n, dtype=np.int64),
-        "amount": np.round(rng.lognormal(3, 1, 2 * n), 2),
+        "seq": np.arange(len(time), dtype=np.int64),
+        "amount": np.round(rng.lognormal(3, 1, len(time)), 2),
         "merchant_id": [f"m-{c}" for c in card[order]],
     })
     events["entity"] = events["entity_id"]
     engine = FeatureEngine(long_view)
-    cuts = list(range(50, 2 * n, 50)) + [2 * n]
+    cuts = list(range(50, len(time), 50)) + [len(time)]
     applied, values, _, final = run(engine, to_batch(events), cuts)
     assert len(engine._vocab["entity"]) < n / 2  # compacted, not just grown
+    for cache in engine._caches.values():  # some cards are cached, not all
+        assert 0 < len(cache.cached) < 200
     oracle = run_oracle(long_view, events, cuts)
     np.testing.assert_array_equal(~applied, oracle.late)
     np.testing.assert_allclose(values, oracle.values, rtol=1e-9, atol=1e-9)
