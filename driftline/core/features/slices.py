@@ -2,14 +2,15 @@
 
 A rolling window of `SLICED_FROM_MS` or more is cut into epoch-aligned slices of
 ``size / SLICES_PER_WINDOW`` (15 min for 24 h). A query's interval ``[a, b)`` is then a partial
-slice at its start, whole slices, and the slices at its end. `SliceCache` keeps, per (entity,
-slice), the aggregates of the slice's rows (count, sum, two-pass M2, min, max, last value and
-time, and the distinct codes of each ``distinct_count`` field); it is refreshed at the end of
-every batch for the slices that batch added rows to. A whole slice before the slice of the
-entity's earliest row in the current batch holds only rows of earlier batches, which every query
-sees, so its cached aggregates are exact for every query; the rest of the interval (the start
-edge, and everything from that slice on) is read row by row, with the per-query visibility of
-the current batch's rows.
+slice at its start, whole slices, and the slices at its end. For each entity with at least
+`CACHED_FROM_ROWS` retained rows, `SliceCache` keeps, per (entity, slice), the aggregates of the
+slice's rows (count, sum, two-pass M2, min, max, last value and time, and the distinct codes of
+each ``distinct_count`` field); it is refreshed at the end of every batch for the slices that
+batch added rows to. A whole slice before the slice of the entity's earliest row in the current
+batch holds only rows of earlier batches, which every query sees, so its cached aggregates are
+exact for every query; the rest of the interval (the start edge, and everything from that slice
+on; for a lighter entity, everything) is read row by row, with the per-query visibility of the
+current batch's rows, and aggregated per slice by the same code.
 
 Numerically, a sliced window's aggregation is defined per slice first, then across slices in
 time order: a slice's sum is its included rows added in (event_time, seq) order, the interval's
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from driftline.core.features.table import RowTable, _KeyCoder
+from driftline.core.features.table import PairIndex, RowTable, _KeyCoder
 from driftline.core.features.windows import Window
 
 SLICED_FROM_MS = 6 * 3_600_000
@@ -180,7 +181,7 @@ class SliceCache:
         self.codes = {f: np.zeros(0, dtype=np.int64) for f in plan.distinct}
         # Entities whose slices are all in the cache (sorted codes).
         self.cached = np.zeros(0, dtype=np.int64)
-        self._key: tuple[np.ndarray, _KeyCoder] | None = None
+        self._key: PairIndex | None = None
 
     def __len__(self) -> int:
         return len(self.slice)
@@ -288,16 +289,9 @@ class SliceCache:
         self, entity: np.ndarray, first: np.ndarray, end: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Entry range ``[lo, hi)`` of ``entity`` with ``first <= slice < end``, per query."""
-        if len(self) == 0:
-            zero = np.zeros(len(entity), dtype=np.int64)
-            return zero, zero
         if self._key is None:
-            coder = _KeyCoder(self.slice, int(self.entity.max()), 0)
-            self._key = (coder.key(self.entity, self.slice), coder)
-        keys, coder = self._key
-        lo = np.searchsorted(keys, coder.key(entity, first), side="left")
-        hi = np.searchsorted(keys, coder.key(entity, end), side="left")
-        return lo, np.maximum(hi, lo)
+            self._key = PairIndex(self.entity, self.slice)
+        return self._key.ranges(entity, first, end)
 
 
 def caches_for(features: Sequence) -> dict[Window, SliceCache]:

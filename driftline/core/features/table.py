@@ -24,7 +24,7 @@ class RowTable:
         self.time = np.zeros(0, dtype=np.int64)
         self.seq = np.zeros(0, dtype=np.int64)
         self.values = {name: np.zeros(0, dtype=dt) for name, dt in value_dtypes.items()}
-        self._key: tuple[np.ndarray, _KeyCoder] | None = None
+        self._key: PairIndex | None = None
 
     def __len__(self) -> int:
         return len(self.seq)
@@ -77,20 +77,34 @@ class RowTable:
         self, entity: np.ndarray, start: np.ndarray, end: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Row range ``[lo, hi)`` of ``entity`` with ``start <= time < end``, per query."""
-        if len(self) == 0:
-            zero = np.zeros(len(entity), dtype=np.int64)
-            return zero, zero
         if self._key is None:
-            coder = _KeyCoder(self.time, int(self.entity.max()), 0)
-            self._key = (coder.key(self.entity, self.time), coder)
-        keys, coder = self._key
-        lo = np.searchsorted(keys, coder.key(entity, start), side="left")
-        hi = np.searchsorted(keys, coder.key(entity, end), side="left")
-        return lo, np.maximum(hi, lo)
+            self._key = PairIndex(self.entity, self.time)
+        return self._key.ranges(entity, start, end)
 
     def last_row(self, entity: np.ndarray) -> np.ndarray:
         """Index of each entity's greatest (time, seq) row; the entities must have rows."""
         return np.searchsorted(self.entity, entity, side="right") - 1
+
+
+class PairIndex:
+    """Range lookups in columns sorted by (entity, value): ``[lo, hi)`` of ``entity`` with
+    ``start <= value < end``, per query, on one composite int64 key built once."""
+
+    def __init__(self, entity: np.ndarray, value: np.ndarray) -> None:
+        self.empty = len(value) == 0
+        if not self.empty:
+            self.coder = _KeyCoder(value, int(entity.max()), 0)
+            self.keys = self.coder.key(entity, value)
+
+    def ranges(
+        self, entity: np.ndarray, start: np.ndarray, end: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if self.empty:
+            zero = np.zeros(len(entity), dtype=np.int64)
+            return zero, zero
+        lo = np.searchsorted(self.keys, self.coder.key(entity, start), side="left")
+        hi = np.searchsorted(self.keys, self.coder.key(entity, end), side="left")
+        return lo, np.maximum(hi, lo)
 
 
 class _KeyCoder:
