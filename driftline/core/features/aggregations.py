@@ -50,12 +50,8 @@ class _Selection:
     def __init__(self, table: RowTable, queries: Queries, window: Window) -> None:
         start, end = window.interval(queries.time)
         lo, hi = table.ranges(queries.entity, start, end)
-        lengths = hi - lo
         n = len(queries)
-        query = np.repeat(np.arange(n, dtype=np.int64), lengths)
-        # Row index of element k = lo[q] + (k - first element of q).
-        shift = np.repeat(lo - (np.cumsum(lengths) - lengths), lengths)
-        rows = np.arange(len(query), dtype=np.int64) + shift
+        query, rows = expand_ranges(lo, hi)
         visible = table.seq[rows] <= queries.visible_seq[query]
         self.query, self.rows = query[visible], rows[visible]
         self.n = n
@@ -127,18 +123,8 @@ def _distinct_count(sel: _Selection, feature: Feature) -> np.ndarray:
 
 def count_distinct(query: np.ndarray, codes: np.ndarray, n: int) -> np.ndarray:
     """Distinct ``codes`` per query (``query`` ids ``0..n-1``, in any order), as float64."""
-    if len(codes) == 0:
-        return np.zeros(n)
-    base = int(codes.max()) + 1
-    if n * base <= slices.DENSE_DISTINCT_FACTOR * len(codes):
-        seen = np.zeros(n * base, dtype=bool)
-        seen[query * base + codes] = True
-        return np.count_nonzero(seen.reshape(n, base), axis=1).astype(np.float64)
-    # A plain sort beats np.unique here (numpy 2's hash-based unique is slower on int64 keys).
-    pairs = np.sort(query * base + codes)
-    first = np.ones(len(pairs), dtype=bool)
-    np.not_equal(pairs[1:], pairs[:-1], out=first[1:])
-    return np.bincount(pairs[first] // base, minlength=n).astype(np.float64)
+    owner, _ = slices.distinct_pairs(query, codes, n)
+    return np.bincount(owner, minlength=n).astype(np.float64)
 
 
 def _last(sel: _Selection, feature: Feature) -> np.ndarray:

@@ -136,19 +136,31 @@ class StatsPlan:
             if not with_distinct:
                 del stats[f"dstart:{f}"], stats[f"dcount:{f}"]
                 continue
-            values = table.values[f][rows]
-            base = int(values.max()) + 1
-            if n * base <= DENSE_DISTINCT_FACTOR * len(values):
-                seen = np.zeros(n * base, dtype=bool)
-                seen[group * base + values] = True
-                pairs = np.flatnonzero(seen)
-            else:
-                pairs = np.unique(group * base + values)
-            owner = pairs // base
-            codes[f] = pairs - owner * base
+            owner, codes[f] = distinct_pairs(group, table.values[f][rows], n)
             stats[f"dcount:{f}"] = np.bincount(owner, minlength=n)
             stats[f"dstart:{f}"] = np.zeros(n, dtype=np.int64)
         return stats, codes
+
+
+def distinct_pairs(group: np.ndarray, codes: np.ndarray, n: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (group, code) pairs (groups ``0..n-1``, codes >= 0, in any order), sorted:
+    by marking a dense groups x codes table when it is small, by sorting otherwise."""
+    if len(codes) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    base = int(codes.max()) + 1
+    keys = group * base + codes
+    if n * base <= DENSE_DISTINCT_FACTOR * len(codes):
+        seen = np.zeros(n * base, dtype=bool)
+        seen[keys] = True
+        pairs = np.flatnonzero(seen)
+    else:  # a plain sort beats np.unique (numpy 2's hash-based unique is slower on int64)
+        pairs = np.sort(keys)
+        first = np.ones(len(pairs), dtype=bool)
+        np.not_equal(pairs[1:], pairs[:-1], out=first[1:])
+        pairs = pairs[first]
+    owner = pairs // base
+    return owner, pairs - owner * base
 
 
 def _member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
