@@ -186,9 +186,10 @@ class FeatureEngine:
 
         # First-arrival order of touched entities keeps output independent of internal codes.
         touched, first, inverse = np.unique(entity, return_index=True, return_inverse=True)
-        arrived_last = len(entity) - 1 - np.unique(entity[::-1], return_index=True)[1]
+        arrived_last = np.zeros(len(touched), dtype=np.int64)  # each entity's last event here
+        np.maximum.at(arrived_last, inverse, np.arange(len(entity)))
         earliest = np.full(len(touched), _ALWAYS_VISIBLE, dtype=np.int64)
-        np.minimum.at(earliest, inverse, times[index])  # each entity's earliest row here
+        np.minimum.at(earliest, inverse, times[index])  # and its earliest event time
         settled_before = earliest[inverse]
         by_arrival = np.argsort(first, kind="stable")
         touched, first = touched[by_arrival], first[by_arrival]
