@@ -95,14 +95,17 @@ class StatsPlan:
                     need[key].add(f.field)
         return cls(**{k: tuple(sorted(v)) for k, v in need.items()})
 
-    def empty(self) -> Stats:
-        names = ["count", "last_time"]
-        for prefix, fields in (("sum", self.sums), ("m2", self.m2), ("max", self.maxima),
-                               ("min", self.minima), ("last", self.last)):
-            names += [f"{prefix}:{f}" for f in fields]
-        names += [f"{p}:{f}" for f in self.distinct for p in ("dstart", "dcount")]
-        return {n: np.zeros(0, dtype=np.float64 if ":" in n and n[0] in "sml" else np.int64)
-                for n in names}
+    def empty(self, with_distinct: bool = True) -> Stats:
+        """No groups: every aggregate's array, empty (distinct runs' pointers optional)."""
+        integers = ["count", "last_time"]
+        if with_distinct:
+            integers += [f"{p}:{f}" for f in self.distinct for p in ("dstart", "dcount")]
+        floats = [f"{prefix}:{f}"
+                  for prefix, fields in (("sum", self.sums), ("m2", self.m2), ("max", self.maxima),
+                                         ("min", self.minima), ("last", self.last))
+                  for f in fields]
+        return {**{n: np.zeros(0, dtype=np.int64) for n in integers},
+                **{n: np.zeros(0, dtype=np.float64) for n in floats}}
 
     def compute(self, table: RowTable, rows: np.ndarray, group: np.ndarray,
                 with_distinct: bool = False) -> tuple[Stats, dict[str, np.ndarray]]:
@@ -110,7 +113,7 @@ class StatsPlan:
         dense, non-decreasing ``group`` ids ``0..n-1``, every group non-empty) and, with
         ``with_distinct``, each distinct field's codes per group (flat, ``dcount:<field>``
         codes a group; ``dstart`` is left to the caller)."""
-        stats = self.empty()
+        stats = self.empty(with_distinct)
         codes: dict[str, np.ndarray] = {f: np.zeros(0, dtype=np.int64) for f in self.distinct}
         if len(group) == 0:
             return stats, codes
@@ -132,10 +135,7 @@ class StatsPlan:
             stats[f"min:{f}"] = np.minimum.reduceat(column[f], starts)
         for f in self.last:
             stats[f"last:{f}"] = column[f][ends - 1]
-        for f in self.distinct:
-            if not with_distinct:
-                del stats[f"dstart:{f}"], stats[f"dcount:{f}"]
-                continue
+        for f in self.distinct if with_distinct else ():
             owner, codes[f] = distinct_pairs(group, table.values[f][rows], n)
             stats[f"dcount:{f}"] = np.bincount(owner, minlength=n)
             stats[f"dstart:{f}"] = np.zeros(n, dtype=np.int64)
