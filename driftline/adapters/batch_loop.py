@@ -23,14 +23,17 @@ When ``process`` raises (Redis or Kafka unreachable, say), the loop backs off, r
 pipeline's state for its partitions and rewinds to where that state ends: nothing is lost and
 nothing is applied twice, however long the outage.
 
-No idle waits. A pipeline with ``prepare`` is driven in two overlapping steps: ``prepare(N+1)``
-decodes and computes batch N+1 while batch N's output, already produced, is on its way to the
-broker; then ``N.finish()`` waits for N's acknowledgements (usually already there) and commits N,
-the loop commits N's Kafka offsets, and only then ``N+1.send()`` produces N+1's output. So a
-batch still commits only after its own output landed, and nothing of N+1 is sent before N is
-committed; a failure of either rewinds both to the pipeline's committed state. When nothing new
-has arrived, the loop finishes N at once (it does not wait for N+1), and before a rebalance or
-a stop it finishes what it has.
+No idle waits. A pipeline with ``prepare`` is driven in overlapping steps: once batch N's output
+is sent, ``N.finish()`` (wait for N's acknowledgements, then commit N) runs on the loop's commit
+thread while the loop thread consumes and ``prepare``s batch N+1; the loop then waits for N's
+finish, commits N's Kafka offsets, and only then ``N+1.send()`` produces N+1's output. So a
+batch commits only after its own output landed, nothing of N+1 is sent before N is committed,
+and an event waits for its own batch's commit, not for the next batch to be computed too. If
+N's finish fails, both batches rewind to the pipeline's committed state; if only N+1's prepare or
+send fails, N still commits and N+1 alone replays. When nothing new has arrived the loop waits
+for N at once, and before a rebalance or a stop it finishes what it has. A pipeline's
+``finish`` must therefore be safe to run while its next ``prepare`` runs (it touches only the
+batch it belongs to, the producer and the stores).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -82,13 +86,15 @@ class StagedBatch(Protocol):
         """Produce the batch's output (called after the previous batch finished)."""
 
     def finish(self) -> None:
-        """Wait for the output to be acknowledged, then commit; raise if either fails."""
+        """Wait for the output to be acknowledged, then commit; raise if either fails. Runs on
+        the loop's commit thread, while the next batch's ``prepare`` runs on the loop's."""
 
 
 @dataclass
 class _Pending:
     staged: StagedBatch
     messages: list[Message]
+    finished: Future  # staged.finish() on the commit thread
 
 
 def group_by_partition(messages: Sequence[Message]) -> list[MessageBatch]:
@@ -110,7 +116,8 @@ def group_by_partition(messages: Sequence[Message]) -> list[MessageBatch]:
 class BatchLoop:
     def __init__(self, consumer_factory: Callable[[], Consumer], topics: str | Sequence[str],
                  pipeline: BatchPipeline, batch_size: int, batch_timeout_s: float,
-                 max_backoff_s: float = 30.0, batch_linger_s: float = 0.0) -> None:
+                 max_backoff_s: float = 30.0, batch_linger_s: float = 0.0,
+                 committer: Executor | None = None) -> None:
         self._consumer_factory = consumer_factory
         self.topics = [topics] if isinstance(topics, str) else list(topics)
         self.topic = ",".join(self.topics)  # for logs and /health
@@ -130,6 +137,10 @@ class BatchLoop:
         self._thread: threading.Thread | None = None
         self._pending: _Pending | None = None  # sent, not yet finished (pipelines with prepare)
         self._staged = hasattr(pipeline, "prepare")
+        # Runs each sent batch's finish() (one at a time, in order); its thread starts with the
+        # first batch. Tests pass an executor that runs a task when its result is asked for.
+        self._committer = committer or ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"commits:{self.topic}")
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -176,6 +187,7 @@ class BatchLoop:
                 self._finish_pending(consumer, rewind=False)
             finally:
                 consumer.close()
+                self._committer.shutdown(wait=True)
         except BaseException as exc:  # surfaced by /health; the process must not hide it
             self.failure = exc
             log.exception("batch loop for %s failed", self.topic)
@@ -183,6 +195,7 @@ class BatchLoop:
     # -- rebalance ---------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         ids = [PartitionId(tp.topic, tp.partition) for tp in partitions]
+        self._finish_pending(consumer, rewind=False)  # state changes only with nothing in flight
         resume = self._retry(lambda: self.pipeline.on_assign(ids), "restoring state")
         for tp, pid in zip(partitions, ids, strict=True):
             if pid in resume:
@@ -245,41 +258,53 @@ class BatchLoop:
 
     def _step_staged(self, consumer: Consumer, batches: list[MessageBatch],
                      messages: list[Message]) -> None:
-        """Compute this batch while the previous one's output is in flight, then finish the
-        previous one, then send this one (see "No idle waits" in the module docstring)."""
+        """Compute this batch while the previous one finishes on the commit thread, then
+        commit the previous one, then send this one and start its finish (see "No idle waits"
+        in the module docstring)."""
         pending, self._pending = self._pending, None
-        in_flight = pending.messages if pending is not None else []
         try:
             staged = self.pipeline.prepare(batches)
-            if pending is not None:
-                pending.staged.finish()
-        except Exception as exc:  # noqa: BLE001 - both batches replay from the committed state
-            self._failed(consumer, exc, in_flight + messages)
+        except Exception as exc:  # noqa: BLE001 - replays from the committed state
+            error = self._land(consumer, pending)
+            if error is None:
+                self._failed(consumer, exc, messages)
+            else:  # the previous batch did not commit either: both replay
+                self._failed(consumer, error, pending.messages + messages)
             return
-        if pending is not None:
-            self._committed(consumer, pending.messages)
+        error = self._land(consumer, pending)
+        if error is not None:
+            self._failed(consumer, error, pending.messages + messages)
+            return
         try:
             staged.send()
         except Exception as exc:  # noqa: BLE001
             self._failed(consumer, exc, messages)
             return
-        self._pending = _Pending(staged, messages)
+        self._pending = _Pending(staged, messages, self._committer.submit(staged.finish))
+
+    def _land(self, consumer: Consumer, pending: _Pending | None) -> Exception | None:
+        """Wait for `pending`'s finish; if it committed, commit its Kafka offsets too. Returns
+        the error it failed with (its state is then rebuilt by the caller), else None."""
+        if pending is None:
+            return None
+        try:
+            pending.finished.result()
+        except Exception as exc:  # noqa: BLE001
+            return exc
+        self._committed(consumer, pending.messages)
+        return None
 
     def _finish_pending(self, consumer: Consumer, rewind: bool = True) -> None:
         pending, self._pending = self._pending, None
-        if pending is None:
+        error = self._land(consumer, pending)
+        if error is None:
             return
-        try:
-            pending.staged.finish()
-        except Exception as exc:  # noqa: BLE001
-            if rewind:
-                self._failed(consumer, exc, pending.messages)
-            else:
-                BATCH_FAILURES.labels(self.topic, type(exc).__name__).inc()
-                log.warning("last batch on %s failed (%s); it replays from the committed "
-                            "state", self.topic, describe(exc))
-            return
-        self._committed(consumer, pending.messages)
+        if rewind:
+            self._failed(consumer, error, pending.messages)
+        else:
+            BATCH_FAILURES.labels(self.topic, type(error).__name__).inc()
+            log.warning("last batch on %s failed (%s); it replays from the committed state",
+                        self.topic, describe(error))
 
     def _failed(self, consumer: Consumer, exc: Exception, messages: list[Message]) -> None:
         BATCH_FAILURES.labels(self.topic, type(exc).__name__).inc()

@@ -1,8 +1,11 @@
 """The batch loop without a broker: adaptive batches, the overlap of a batch's computation with
-the previous batch's acknowledgements, and `dependency_of` (which dependency failed a batch,
-for driftline_dependency_errors_total)."""
+the previous batch's acknowledgements and commit, and `dependency_of` (which dependency failed a
+batch, for driftline_dependency_errors_total)."""
 
 from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
 
 import redis
 from confluent_kafka import KafkaException
@@ -134,9 +137,33 @@ class StagedPipeline:
         return Staged()
 
 
-def staged_loop(pipeline: StagedPipeline) -> BatchLoop:
+class AtResult:
+    """A commit 'thread' that runs each task when its result is first asked for: the latest
+    moment the loop allows, which makes the call order of a test deterministic."""
+
+    def submit(self, fn) -> Future:
+        future: Future = Future()
+        run = future.result
+
+        def result(timeout=None):
+            if not future.done():
+                try:
+                    future.set_result(fn())
+                except Exception as exc:  # noqa: BLE001
+                    future.set_exception(exc)
+            return run(timeout)
+
+        future.result = result
+        return future
+
+    def shutdown(self, wait: bool = True) -> None:
+        pass
+
+
+def staged_loop(pipeline: StagedPipeline, commit_thread: bool = False) -> BatchLoop:
+    """The loop under test; with `commit_thread`, its own commit thread, else `AtResult`."""
     batches = BatchLoop(lambda: None, "events", pipeline=pipeline, batch_size=100,
-                        batch_timeout_s=0.1)
+                        batch_timeout_s=0.1, committer=None if commit_thread else AtResult())
     batches.assigned = {PartitionId("events", 0)}
     return batches
 
@@ -179,6 +206,49 @@ def test_a_stop_finishes_the_batch_in_flight():
     batches._finish_pending(consumer, rewind=False)
     assert pipeline.log == ["prepare 0", "send 0", "finish 0"]
     assert consumer.commits == [{("events", 0): 10}]
+
+
+def test_a_failed_prepare_replays_only_that_batch_once_the_previous_one_committed():
+    consumer, pipeline = ScriptedConsumer(batch(0), batch(1)), StagedPipeline(fail="prepare 1")
+    batches = staged_loop(pipeline)
+    batches._step(consumer)
+    batches._step(consumer)
+    assert pipeline.log == ["prepare 0", "send 0", "prepare 1", "finish 0", "revoke", "assign"]
+    assert consumer.commits == [{("events", 0): 10}]  # batch 0 landed
+    assert consumer.seeks == [("events", 0, 10)]  # batch 1 replays
+    assert batches._pending is None
+
+
+def test_a_batch_commits_on_the_commit_thread_while_the_next_one_is_computed():
+    """With the real commit thread, batch 0's finish runs during batch 1's prepare (which
+    waits for it: without the overlap it would wait in vain), and batch 1 is sent only after
+    batch 0 committed."""
+    consumer = ScriptedConsumer(batch(0), batch(1))
+    finished_0 = threading.Event()
+    threads: dict[str, str] = {}
+
+    class Overlapping(StagedPipeline):
+        def _call(self, what: str) -> None:
+            threads[what] = threading.current_thread().name
+            if what == "prepare 1":
+                assert finished_0.wait(5), "batch 0 did not finish while batch 1 was computed"
+            super()._call(what)
+            if what == "finish 0":
+                finished_0.set()
+
+    pipeline = Overlapping()
+    batches = staged_loop(pipeline, commit_thread=True)
+    try:
+        batches._step(consumer)
+        batches._step(consumer)
+        batches._finish_pending(consumer)
+    finally:
+        batches._committer.shutdown()
+    assert pipeline.log == ["prepare 0", "send 0", "finish 0", "prepare 1", "send 1",
+                            "finish 1"]
+    assert threads["finish 0"] == threads["finish 1"] != threads["prepare 1"]
+    assert threads["finish 0"].startswith("commits:events")
+    assert consumer.commits == [{("events", 0): 10}, {("events", 0): 20}]
 
 
 def test_a_failed_send_replays_that_batch_after_the_previous_one_committed():
