@@ -1,10 +1,16 @@
-"""The online store's value text: every double reads back bit for bit, NaN as ``nan``."""
+"""The online store's value text: every double reads back bit for bit, NaN as ``nan``; a
+batch's values are one comma-separated block, row by row."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from driftline.core.online import value_texts
+from driftline.core.online import value_block
+
+
+def value_texts(values: np.ndarray) -> list[str]:
+    block = value_block(values).decode()
+    return block.split(",") if block else []
 
 
 def _bits(values: np.ndarray) -> np.ndarray:

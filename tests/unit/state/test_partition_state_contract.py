@@ -216,6 +216,33 @@ def test_online_values_land_with_the_commit(kit):
     assert kit.online.read("view", stray).values == {"f1": 4.0, "f2": 5.0}
 
 
+def test_every_online_value_of_a_large_batch_reads_back_exactly(kit):
+    """A batch of 600 entities over two partitions (Redis receives each partition's values as
+    one block): every double, NaN, infinity and signed zero comes back bit for bit, with its
+    own entity's event time (large ones too) and the view version."""
+    rng = np.random.default_rng(3)
+    state = kit.state()
+    state.assign([0, 1])
+    txn = state.begin([0, 1])
+    entities = [entity_in(i % 2) for i in range(600)]
+    values = rng.normal(size=(600, 5)) * 10.0 ** rng.integers(-300, 300, size=(600, 5))
+    values[rng.random(values.shape) < 0.1] = np.nan
+    values[0, :4] = [np.inf, -np.inf, -0.0, 5e-324]
+    times = rng.integers(0, 2**62, 600).tolist()
+    names = ("a", "b", "c", "d", "e")
+    txn.write_online(OnlineWrite("view", "v9", names, entities, values, times))
+    for p in (0, 1):
+        txn.consumed(TOPIC, p, 0, 0)
+    state.commit(txn)
+    rows = [kit.online.read("view", e) for e in entities]
+    assert [r.event_time_ms for r in rows] == times
+    assert {r.version for r in rows} == {"v9"}
+    read = np.array([[r.values[n] for n in names] for r in rows])
+    np.testing.assert_array_equal(read.view(np.int64)[~np.isnan(values)],
+                                  values.view(np.int64)[~np.isnan(values)])
+    assert np.array_equal(np.isnan(read), np.isnan(values))
+
+
 def test_a_commit_that_fails_midway_leaves_every_partition_whole_or_untouched(kit):
     """Partition 1 is claimed by another owner while this one computes a batch of 0 and 1. A
     backend that commits whole refuses all of it; one that commits partition by partition (a
