@@ -4,19 +4,21 @@ For each consumed batch, in this order:
 1. per partition, the core :class:`FeatureEngine` of (view, partition) computes a row per event
    and the online values of every entity the batch touched; late events go to the DLQ with
    reason ``late``;
-2. the raw events and the feature rows are written to Parquet as pending files;
-3. one ``driftline.FeatureRecord`` per applied event is produced to the features topic;
+2. one ``driftline.FeatureRecord`` per applied event is produced to the features topic;
+3. once the broker has acknowledged them, the raw events and the feature rows are written to
+   Parquet as pending files;
 4. one transaction of the partition state (``core/state.py``) commits the online values, each
    engine's state delta and the next offsets, fenced by the partitions' ownership epochs;
 5. the pending Parquet files are published.
 Step 4 is the commit point. The stage runs in three calls so that the batch loop can compute
-batch N+1 (``prepare``: steps 1 and 2) while batch N's records are being acknowledged
-(``send``: step 3), before it commits N (``finish``: steps 4 and 5); ``process`` does all three.
-On assignment the partition state claims each partition, the engines are rebuilt from their
-state logs, the Parquet files are settled against the last commit, and consumption resumes at
-the committed offset: a crash, an outage or a rebalance at any point neither loses nor
-double-counts an event in Redis or Parquet. The features topic is at-least-once: records of a
-batch that did not commit are produced again, identical, and carry ``event_id`` for
+batch N+1 (``prepare``: step 1 and the encoding of step 2) while batch N is acknowledged,
+written and committed on its commit thread (``send``: step 2; ``finish``: steps 3 to 5; pyarrow
+writes without holding the GIL, so the files cost the next batch little); ``process`` does all
+three. On assignment the partition state claims each partition, the engines are rebuilt from
+their state logs, the Parquet files are settled against the last commit, and consumption
+resumes at the committed offset: a crash, an outage or a rebalance at any point neither loses
+nor double-counts an event in Redis or Parquet. The features topic is at-least-once: records of
+a batch that did not commit are produced again, identical, and carry ``event_id`` for
 de-duplication.
 """
 
@@ -26,6 +28,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -106,7 +109,7 @@ class FeatureStage:
             self.finish(staged)
 
     def prepare(self, batches: Sequence[PartitionBatch]) -> StagedFeatures | None:
-        """Steps 1 and 2 and the encoding of step 3: everything but sending and committing.
+        """Step 1 and the encoding of step 2: everything but sending, writing and committing.
         The engines have applied the batch when this returns; if it is never committed the
         batch loop rebuilds them from the committed state."""
         start = time.perf_counter()
@@ -118,8 +121,8 @@ class FeatureStage:
         for batch in batches:
             p = batch.partition
             if len(batch):  # else only dead letters: the offsets still move past them
-                txn.pending += self.offline.write(self.offline.events_dir(self.topic), p,
-                                                  _event_columns(batch), txn.epochs[p])
+                staged.files.append((self.offline.events_dir(self.topic), p,
+                                     _event_columns(batch)))
                 for view in self.views:
                     applied = self._process_view(view, batch, staged)
                     staged.rows += applied
@@ -131,7 +134,7 @@ class FeatureStage:
         return staged
 
     def send(self, staged: StagedFeatures) -> None:
-        """Step 3: produce the batch's FeatureRecords (not yet acknowledged)."""
+        """Step 2: produce the batch's FeatureRecords (not yet acknowledged)."""
         produce, topic = self.producer.produce, self.features_topic
         for n, (message, key) in enumerate(zip(staged.records, staged.keys, strict=True)):
             produce(topic, message, key=key)
@@ -139,9 +142,14 @@ class FeatureStage:
                 self.producer.poll(0)  # serve delivery reports before the queue fills
 
     def finish(self, staged: StagedFeatures) -> None:
-        """Steps 4 and 5: once every record is acknowledged, the commit point."""
+        """Steps 3 to 5: once every record is acknowledged, the pending files, then the commit
+        point."""
         start = time.perf_counter()
         self.producer.flush_or_raise()
+        txn = staged.txn
+        self.state.check(txn)  # a fenced worker learns it before writing files for nothing
+        for base, partition, columns in staged.files:
+            txn.pending += self.offline.write(base, partition, columns, txn.epochs[partition])
         self.state.commit(staged.txn)  # the commit point; then the pending files are published
         self.rows += staged.rows
         self.late += staged.late
@@ -169,10 +177,8 @@ class FeatureStage:
         FEATURE_ROWS.labels(view.name).inc(len(applied))
         STATE_ROWS.labels(view.name).set(engine.state_rows)
         rows = batch.rows.take(applied)
-        txn.pending += self.offline.write(
-            self.offline.features_dir(view.name), batch.partition,
-            _feature_columns(view, batch, rows, result.values, applied),
-            txn.epochs[batch.partition])
+        staged.files.append((self.offline.features_dir(view.name), batch.partition,
+                             _feature_columns(view, batch, rows, result.values, applied)))
         messages, keys = self._encode(view, rows, result.values[applied])
         staged.records += messages
         staged.keys += keys
@@ -202,6 +208,8 @@ class StagedFeatures:
     """A batch the feature stage has computed but not yet sent or committed."""
 
     txn: Transaction
+    files: list[tuple[Path, int, dict[str, object]]] = field(default_factory=list)  # to write:
+    # (folder, partition, columns) of each Parquet file set (`OfflineStore.write`)
     records: list[bytes] = field(default_factory=list)  # FeatureRecords
     keys: list[bytes] = field(default_factory=list)  # their Kafka keys (the entity ids)
     rows: int = 0

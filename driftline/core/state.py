@@ -206,6 +206,12 @@ class PartitionState:
         self.backend.check(epochs)
         return Transaction(epochs)
 
+    def check(self, txn: Transaction) -> None:
+        """Raise :class:`Fenced` if another owner has claimed a partition of `txn` since it
+        began: a stage checks before writing output that only a commit would make visible
+        (pending files), so a fenced owner does not leave files behind for the next owner."""
+        self.backend.check(txn.epochs)
+
     def append(self, txn: Transaction, partition: int, store: str, delta: Snapshot,
                snapshot: Callable[[], Snapshot]) -> None:
         """Add `delta` to the store's log in `txn`, or, when the log is due for compaction,

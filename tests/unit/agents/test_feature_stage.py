@@ -187,16 +187,17 @@ def test_a_commit_that_landed_for_one_partition_only_replays_exactly(tmp_path, s
     worker = Worker(backend, tmp_path)
     worker.assign(0, 1)
     feed(worker, stream, 0, 200)
-    flush = worker.producer.flush_or_raise
+    state = worker.stage.state
+    last_check = state.check
 
-    def store_of_1_goes_down(*args):
-        flush(*args)
-        backend.unreachable = {1}  # after the batch's begin, before its commit
+    def store_of_1_goes_down(txn):
+        last_check(txn)
+        backend.unreachable = {1}  # after the batch's last check, before its commit
 
-    worker.producer.flush_or_raise = store_of_1_goes_down
+    state.check = store_of_1_goes_down
     with pytest.raises(StoreUnavailable):
         feed(worker, stream, 200, 400)
-    worker.producer.flush_or_raise = flush
+    state.check = last_check
     assert backend.offsets == {(EVENTS, 0): 400, (EVENTS, 1): 200}  # a partial commit
     assert list(tmp_path.rglob("p0-*.pending-*")) and list(tmp_path.rglob("p1-*.pending-*"))
     backend.unreachable = set()
