@@ -216,24 +216,36 @@ class ScoredBatch:
     def __init__(self, pipeline: ScoringPipeline, messages: list[Message]) -> None:
         self.pipeline = pipeline
         self.messages = messages
-        self.published: list[tuple[int, bytes]] = []
-        self.shadowed: list[tuple[int, bytes]] = []
+        # Per topic, each arm's (record positions, predictions), as scored.
+        self.published: list[tuple[np.ndarray, list[bytes]]] = []
+        self.shadowed: list[tuple[np.ndarray, list[bytes]]] = []
         self.counts: Counter[tuple[str, int, str]] = Counter()
         self.seconds = 0.0  # spent scoring
 
     def add(self, arm: _Arm, positions: Sequence[int], predictions: list[bytes]) -> None:
+        if len(positions) != len(predictions):
+            raise ValueError(f"{len(predictions)} predictions for {len(positions)} records")
         target = self.shadowed if arm.label == SHADOW_ARM else self.published
-        target.extend(zip(positions, predictions, strict=True))
+        target.append((np.asarray(positions, dtype=np.int64), predictions))
         self.counts[(arm.model.name, arm.model.version, arm.label)] += len(predictions)
 
     def send(self) -> None:
         """Produce the predictions in the order of their records."""
         pipeline, messages = self.pipeline, self.messages
         produce = pipeline.producer.produce
-        for topic, pending in ((pipeline.predictions_topic, self.published),
-                               (pipeline.shadow_topic, self.shadowed)):
-            for i, prediction in sorted(pending, key=lambda item: item[0]):
-                produce(topic, prediction, key=messages[i].key())
+        for topic, parts in ((pipeline.predictions_topic, self.published),
+                             (pipeline.shadow_topic, self.shadowed)):
+            if not parts:
+                continue
+            positions = np.concatenate([where for where, _ in parts])
+            predictions = [p for _, part in parts for p in part]
+            order = np.argsort(positions, kind="stable")
+            for i, k in zip(positions[order].tolist(), order.tolist(), strict=True):
+                produce(topic, predictions[k], key=messages[i].key())
+
+    @staticmethod
+    def _count(parts: list[tuple[np.ndarray, list[bytes]]]) -> int:
+        return sum(len(part) for _, part in parts)
 
     def finish(self) -> None:
         """Wait for the predictions (and dead letters) to be acknowledged, then count them."""
@@ -248,6 +260,6 @@ class ScoredBatch:
         RECORDS_DECODED.labels(messages[0].topic()).inc(len(messages))
         for (name, version, arm), n in self.counts.items():
             PREDICTIONS.labels(name, str(version), arm).inc(n)
-        pipeline.scored += len(self.published)
-        pipeline.shadow_scored += len(self.shadowed)
+        pipeline.scored += self._count(self.published)
+        pipeline.shadow_scored += self._count(self.shadowed)
         BATCH_SECONDS.labels("scoring").observe(self.seconds + time.perf_counter() - start)

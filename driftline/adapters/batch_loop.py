@@ -94,6 +94,7 @@ class StagedBatch(Protocol):
 class _Pending:
     staged: StagedBatch
     messages: list[Message]
+    batches: list[MessageBatch]  # the same messages by topic-partition, in offset order
     finished: Future  # staged.finish() on the commit thread
 
 
@@ -254,7 +255,7 @@ class BatchLoop:
         except Exception as exc:  # noqa: BLE001 - any failure is retried from known state
             self._failed(consumer, exc, messages)
             return
-        self._committed(consumer, messages)
+        self._committed(consumer, batches)
 
     def _step_staged(self, consumer: Consumer, batches: list[MessageBatch],
                      messages: list[Message]) -> None:
@@ -280,7 +281,8 @@ class BatchLoop:
         except Exception as exc:  # noqa: BLE001
             self._failed(consumer, exc, messages)
             return
-        self._pending = _Pending(staged, messages, self._committer.submit(staged.finish))
+        self._pending = _Pending(staged, messages, batches,
+                                 self._committer.submit(staged.finish))
 
     def _land(self, consumer: Consumer, pending: _Pending | None) -> Exception | None:
         """Wait for `pending`'s finish; if it committed, commit its Kafka offsets too. Returns
@@ -291,7 +293,7 @@ class BatchLoop:
             pending.finished.result()
         except Exception as exc:  # noqa: BLE001
             return exc
-        self._committed(consumer, pending.messages)
+        self._committed(consumer, pending.batches)
         return None
 
     def _finish_pending(self, consumer: Consumer, rewind: bool = True) -> None:
@@ -313,14 +315,16 @@ class BatchLoop:
                     describe(exc))
         self._rewind(consumer, messages)
 
-    def _committed(self, consumer: Consumer, messages: list[Message]) -> None:
+    def _committed(self, consumer: Consumer, batches: Sequence[MessageBatch]) -> None:
         """The batch's effects have landed: commit its offsets to Kafka too."""
         try:
-            consumer.commit(offsets=_next_offsets(messages), asynchronous=False)
+            consumer.commit(offsets=[TopicPartition(b.topic, b.partition,
+                                                    b.messages[-1].offset() + 1)
+                                     for b in batches], asynchronous=False)
         except KafkaException as exc:  # e.g. revoked meanwhile; state-backed offsets rule
             log.warning("offset commit on %s failed: %s", self.topic, exc)
         self.batches += 1
-        self.messages += len(messages)
+        self.messages += sum(len(b.messages) for b in batches)
 
     def _rewind(self, consumer: Consumer, failed: Sequence[Message]) -> None:
         first: dict[PartitionId, int] = {}
@@ -371,12 +375,6 @@ class BatchLoop:
             lag[f"{tp.topic}/{tp.partition}"] = max(high - position, 0)
             CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(high - position, 0))
         self.lag = lag
-
-
-def _next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
-    # Offsets grow within a partition, so the last message of each partition wins.
-    last = {(m.topic(), m.partition()): m.offset() for m in messages}
-    return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
 
 
 def dependency_of(exc: BaseException) -> str:
