@@ -4,7 +4,10 @@ Rows are sorted by (entity code, event_time, seq), so all rows of an entity insi
 interval form one contiguous run that two ``np.searchsorted`` calls on a composite int64 key
 ``entity << bits | (time - t0)`` find for every query at once. New rows are merged in with
 ``np.insert`` (linear, no re-sort of the retained rows); since a new row's seq exceeds every
-retained seq, inserting after equal (entity, time) keys keeps the seq order.
+retained seq, inserting after equal (entity, time) keys keeps the seq order. The keys are kept
+with the rows: their layout leaves room for four times the entity codes and thousands of years
+around the rows' times, so a batch computes the keys of its own rows only, and the whole column
+is re-encoded only when a row falls outside that room or the entity codes are compacted.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 
 _KEY_BITS = 62  # leave the sign bit and one spare so clipped query keys never overflow
+_INT64_MIN = int(np.iinfo(np.int64).min)
 
 
 class RowTable:
@@ -44,26 +48,31 @@ class RowTable:
         values = {name: col[order] for name, col in values.items()}
         if len(self) == 0:
             self.entity, self.time, self.seq, self.values = entity, time, seq, values
-        else:
-            coder = _KeyCoder(
-                np.concatenate([self.time, time]),
-                int(self.entity.max(initial=0)),
-                int(entity.max()),
-            )
+            self._key = None
+            return
+        index = self.index()
+        if index.fits(entity, time):
+            new_keys = index.coder.key(entity, time)
+            at = np.searchsorted(index.keys, new_keys, side="right")
+            index.keys = np.insert(index.keys, at, new_keys)
+        else:  # re-encode every key on the next lookup
+            coder = _KeyCoder(np.concatenate([self.time, time]),
+                              int(self.entity.max(initial=0)), int(entity.max()))
             at = np.searchsorted(
                 coder.key(self.entity, self.time), coder.key(entity, time), side="right"
             )
-            self.entity = np.insert(self.entity, at, entity)
-            self.time = np.insert(self.time, at, time)
-            self.seq = np.insert(self.seq, at, seq)
-            self.values = {n: np.insert(c, at, values[n]) for n, c in self.values.items()}
-        self._key = None
+            self._key = None
+        self.entity = np.insert(self.entity, at, entity)
+        self.time = np.insert(self.time, at, time)
+        self.seq = np.insert(self.seq, at, seq)
+        self.values = {n: np.insert(c, at, values[n]) for n, c in self.values.items()}
 
     def keep(self, mask: np.ndarray) -> None:
         """Drop the rows where ``mask`` is False (expiry)."""
         self.entity, self.time, self.seq = self.entity[mask], self.time[mask], self.seq[mask]
         self.values = {n: c[mask] for n, c in self.values.items()}
-        self._key = None
+        if self._key is not None:
+            self._key.keys = self._key.keys[mask]
 
     def remap(self, column: str, remap: np.ndarray) -> None:
         """Apply an order-preserving code remap (vocabulary compaction) to a code column."""
@@ -73,13 +82,17 @@ class RowTable:
         else:
             self.values[column] = remap[self.values[column]]
 
+    def index(self) -> PairIndex:
+        """The (entity, time) keys of the rows, with room to grow (see the module docstring)."""
+        if self._key is None:
+            self._key = PairIndex(self.entity, self.time, headroom=True)
+        return self._key
+
     def ranges(
         self, entity: np.ndarray, start: np.ndarray, end: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Row range ``[lo, hi)`` of ``entity`` with ``start <= time < end``, per query."""
-        if self._key is None:
-            self._key = PairIndex(self.entity, self.time)
-        return self._key.ranges(entity, start, end)
+        return self.index().ranges(entity, start, end)
 
     def last_row(self, entity: np.ndarray) -> np.ndarray:
         """Index of each entity's greatest (time, seq) row; the entities must have rows."""
@@ -88,13 +101,19 @@ class RowTable:
 
 class PairIndex:
     """Range lookups in columns sorted by (entity, value): ``[lo, hi)`` of ``entity`` with
-    ``start <= value < end``, per query, on one composite int64 key built once."""
+    ``start <= value < end``, per query, on one composite int64 key built once. With
+    ``headroom``, the key layout leaves room for more rows (`fits`), which their owner then
+    merges into ``keys`` itself."""
 
-    def __init__(self, entity: np.ndarray, value: np.ndarray) -> None:
+    def __init__(self, entity: np.ndarray, value: np.ndarray, headroom: bool = False) -> None:
         self.empty = len(value) == 0
         if not self.empty:
-            self.coder = _KeyCoder(value, int(entity.max()), 0)
+            self.coder = _KeyCoder(value, int(entity.max()), 0, headroom=headroom)
             self.keys = self.coder.key(entity, value)
+
+    def fits(self, entity: np.ndarray, value: np.ndarray) -> bool:
+        """Whether rows ``(entity, value)`` can be keyed in this layout."""
+        return not self.empty and self.coder.fits(entity, value)
 
     def ranges(
         self, entity: np.ndarray, start: np.ndarray, end: np.ndarray
@@ -110,23 +129,38 @@ class PairIndex:
 class _KeyCoder:
     """Packs (entity, time) into one order-preserving int64 for a given set of row times.
 
-    Times are offset by their minimum; query times outside the rows' span are clipped to just
-    outside it, which keeps every comparison with a row time exact. If the span does not fit
+    Row times are offsets from ``t0`` in ``[0, span - 2]``; query times outside are clipped to
+    ``0`` or ``span - 1``, just outside the rows, which keeps every comparison with a row time
+    exact. Without headroom, ``t0`` is the earliest row time and the span just covers the rows;
+    with it, entity codes get two spare bits and the times every bit left, the rows centred in
+    it (for 5,000 entities, thousands of years either side). If the rows' span does not fit
     next to the entity codes, times are replaced by their rank among the row times instead.
     """
 
-    def __init__(self, row_times: np.ndarray, max_entity_a: int, max_entity_b: int) -> None:
-        self.t0 = int(row_times.min())
-        span = int(row_times.max()) - self.t0 + 2  # room for "before" (0 after clip) and "after"
-        entity_bits = max(max_entity_a, max_entity_b, 1).bit_length()
+    def __init__(self, row_times: np.ndarray, max_entity_a: int, max_entity_b: int,
+                 headroom: bool = False) -> None:
+        lo, hi = int(row_times.min()), int(row_times.max())
+        entity_bits = max(max_entity_a, max_entity_b, 1).bit_length() + (2 if headroom else 0)
+        self.entity_limit = 1 << entity_bits
         self.ranks: np.ndarray | None = None
+        self.t0 = lo
+        span = hi - lo + 2  # room for "before" (0 after clip) and "after"
         if span.bit_length() + entity_bits > _KEY_BITS:
             self.ranks = np.unique(row_times)
             span = len(self.ranks) + 1
-        self.bits = span.bit_length()
+        elif headroom:
+            span = 1 << (_KEY_BITS - entity_bits)
+            self.t0 = max(lo - (span - 2 - (hi - lo)) // 2, _INT64_MIN)
+        self.bits = (span - 1).bit_length() if headroom and self.ranks is None \
+            else span.bit_length()
         self.span = span
         if self.bits + entity_bits > _KEY_BITS:
             raise OverflowError("too many entities and distinct times for a 62-bit key")
+
+    def fits(self, entity: np.ndarray, time: np.ndarray) -> bool:
+        """Whether these rows get keys in order with the rows this layout was made for."""
+        return (self.ranks is None and int(entity.max()) < self.entity_limit
+                and int(time.min()) >= self.t0 and int(time.max()) - self.t0 <= self.span - 2)
 
     def key(self, entity: np.ndarray, time: np.ndarray) -> np.ndarray:
         if self.ranks is not None:
