@@ -194,6 +194,7 @@ class SliceCache:
         # Entities whose slices are all in the cache (sorted codes).
         self.cached = np.zeros(0, dtype=np.int64)
         self._key: PairIndex | None = None
+        self._buffers: dict[str, np.ndarray] = {}  # room behind each field's codes
 
     def __len__(self) -> int:
         return len(self.slice)
@@ -242,27 +243,47 @@ class SliceCache:
         for f in self.plan.distinct:  # append the new code runs; entries point at them
             count = fresh[f"dcount:{f}"]
             fresh[f"dstart:{f}"] = len(self.codes[f]) + np.cumsum(count) - count
-            self.codes[f] = np.concatenate([self.codes[f], codes[f]])
+            self._append_codes(f, codes[f])
         if len(self) == 0:
             self.entity, self.slice, self.stats = ent, sl, fresh
-        else:
+            self._key = None
+            self._compact_codes()
+            return
+        index = self._index()  # keys kept with the entries, as RowTable keeps its rows'
+        if index.fits(ent, sl):
+            keys, new_keys = index.keys, index.coder.key(ent, sl)
+        else:  # re-encoded on the next lookup
             coder = _KeyCoder(np.concatenate([self.slice, sl]), int(self.entity.max()),
                               int(ent.max()))
             keys, new_keys = coder.key(self.entity, self.slice), coder.key(ent, sl)
-            at = np.searchsorted(keys, new_keys, side="left")
-            exists = at < len(keys)
-            exists[exists] = keys[at[exists]] == new_keys[exists]
-            for name, values in self.stats.items():
-                values[at[exists]] = fresh[name][exists]
-            insert = ~exists  # in key order already, as np.insert needs for equal positions
-            if insert.any():
-                where = at[insert]
-                self.entity = np.insert(self.entity, where, ent[insert])
-                self.slice = np.insert(self.slice, where, sl[insert])
-                self.stats = {name: np.insert(values, where, fresh[name][insert])
-                              for name, values in self.stats.items()}
-        self._key = None
+            self._key = index = None
+        at = np.searchsorted(keys, new_keys, side="left")
+        exists = at < len(keys)
+        exists[exists] = keys[at[exists]] == new_keys[exists]
+        for name, values in self.stats.items():
+            values[at[exists]] = fresh[name][exists]
+        insert = ~exists  # in key order already, as np.insert needs for equal positions
+        if insert.any():
+            where = at[insert]
+            self.entity = np.insert(self.entity, where, ent[insert])
+            self.slice = np.insert(self.slice, where, sl[insert])
+            self.stats = {name: np.insert(values, where, fresh[name][insert])
+                          for name, values in self.stats.items()}
+            if index is not None:
+                index.keys = np.insert(index.keys, where, new_keys[insert])
         self._compact_codes()
+
+    def _append_codes(self, field: str, more: np.ndarray) -> None:
+        """Append to a distinct field's codes in a buffer that doubles when full (a copy of
+        every code per batch was a tenth of the cache's upkeep)."""
+        codes, buffer = self.codes[field], self._buffers.get(field)
+        n, end = len(codes), len(codes) + len(more)
+        if buffer is None or codes.base is not buffer or end > len(buffer):
+            buffer = np.empty(max(2 * end, 1024), dtype=np.int64)
+            buffer[:n] = codes
+            self._buffers[field] = buffer
+        buffer[n:end] = more
+        self.codes[field] = buffer[:end]
 
     def _compact_codes(self) -> None:
         """Drop code runs no entry points at any more once they outweigh the live ones."""
@@ -281,6 +302,7 @@ class SliceCache:
     def remap_entity(self, remap: np.ndarray) -> None:
         """Apply an order-preserving entity code remap; entities without live rows (-1) go."""
         self.entity = remap[self.entity]
+        self._key = None
         self._keep(self.entity >= 0)
         cached = remap[self.cached]
         self.cached = cached[cached >= 0]
@@ -294,16 +316,20 @@ class SliceCache:
     def _keep(self, mask: np.ndarray) -> None:
         self.entity, self.slice = self.entity[mask], self.slice[mask]
         self.stats = take(self.stats, mask)
-        self._key = None
+        if self._key is not None:
+            self._key.keys = self._key.keys[mask]
         self._compact_codes()
 
     def ranges(
         self, entity: np.ndarray, first: np.ndarray, end: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Entry range ``[lo, hi)`` of ``entity`` with ``first <= slice < end``, per query."""
+        return self._index().ranges(entity, first, end)
+
+    def _index(self) -> PairIndex:
         if self._key is None:
-            self._key = PairIndex(self.entity, self.slice)
-        return self._key.ranges(entity, first, end)
+            self._key = PairIndex(self.entity, self.slice, headroom=True)
+        return self._key
 
 
 def caches_for(features: Sequence) -> dict[Window, SliceCache]:
