@@ -216,6 +216,7 @@ class _Pieces:
         self.n, self.table, self.queries, self.cache = n, table, queries, cache
         self.rows, self.row_query = rows, query
         self.cached_query, self.entry = cached_query, entry
+        self.cached_range = clo, chi
         self.counts = np.bincount(self.query, self.stats["count"], minlength=n)
         self.nonempty = total > 0
         self.starts = base[self.nonempty]
@@ -255,12 +256,28 @@ class _Pieces:
         return out
 
     def distinct(self, field: str) -> np.ndarray:
-        start = self.cache.stats[f"dstart:{field}"][self.entry]
-        owner, index = expand_ranges(start, start + self.cache.stats[f"dcount:{field}"][self.entry])
-        return count_distinct(
-            np.concatenate([self.row_query, self.cached_query[owner]]),
-            np.concatenate([self.table.values[field][self.rows], self.cache.codes[field][index]]),
-            self.n)
+        """Distinct codes of the union of a query's cached slices and its rows read. Queries of
+        one entity in a batch mostly read the same run of cached entries (same first whole
+        slice, same settled end), so each distinct run is united once and shared: a query
+        counts that run's distinct codes plus its own read codes outside the run's set."""
+        clo, chi = self.cached_range
+        runs, run_of = _runs(clo, chi)
+        start = self.cache.stats[f"dstart:{field}"]
+        count = self.cache.stats[f"dcount:{field}"]
+        owner, entry = expand_ranges(runs[:, 0], runs[:, 1])  # (run, entry)
+        run_entry_start = start[entry]
+        coded, index = expand_ranges(run_entry_start, run_entry_start + count[entry])
+        cached_codes = self.cache.codes[field][index]
+        row_codes = self.table.values[field][self.rows]
+        base = int(max(cached_codes.max(initial=-1), row_codes.max(initial=-1))) + 1
+        run, code = slices.distinct_pairs(owner[coded], cached_codes, len(runs))
+        run_keys = run * base + code  # sorted: distinct_pairs sorts by (run, code)
+        out = np.zeros(self.n)
+        has_run = run_of >= 0
+        out[has_run] = np.bincount(run, minlength=len(runs))[run_of[has_run]]
+        query, code = slices.distinct_pairs(self.row_query, row_codes, self.n)
+        outside = ~slices._member(run_of[query] * base + code, run_keys) | (run_of[query] < 0)
+        return out + np.bincount(query[outside], minlength=self.n)
 
     def seconds_since_previous(self) -> np.ndarray:
         """(t - the greatest time among the included rows other than the query's own) / 1000;
@@ -276,6 +293,17 @@ class _Pieces:
         has = previous != NONE
         out[has] = (self.queries.time[has] - previous[has]) / 1000.0
         return out
+
+
+def _runs(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct non-empty ranges ``[lo, hi)`` (rows of an ``(m, 2)`` array) and each
+    query's index into them (-1 for an empty range)."""
+    nonempty = np.flatnonzero(hi > lo)
+    pairs = np.stack([lo[nonempty], hi[nonempty]], axis=1)
+    runs, inverse = np.unique(pairs, axis=0, return_inverse=True)
+    run_of = np.full(len(lo), -1, dtype=np.int64)
+    run_of[nonempty] = inverse.ravel()
+    return runs.reshape(-1, 2), run_of
 
 
 SLICED: dict[str, Callable[[_Pieces, Feature], np.ndarray]] = {
