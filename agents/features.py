@@ -150,7 +150,7 @@ class FeatureStage:
         self.state.check(txn)  # a fenced worker learns it before writing files for nothing
         for base, partition, columns in staged.files:
             txn.pending += self.offline.write(base, partition, columns, txn.epochs[partition])
-        self.state.commit(staged.txn)  # the commit point; then the pending files are published
+        self.state.commit(txn)  # the commit point; then the pending files are published
         self.rows += staged.rows
         self.late += staged.late
         now_ms = time.time() * 1000
