@@ -34,10 +34,10 @@ VERSION_FIELD = "_version"
 # One Lua call writes a whole batch: redis-py's per-argument packing, not Redis, was the cost of
 # a pipeline of thousands of HSET + PEXPIRE, so the loop runs server-side, and the values travel
 # as one comma-separated block (``value_block``) and the event times as another, not as an
-# argument each (that packing cost the worker 3.5x more client time than Redis took to split
-# them). It is sent with EVAL, not EVALSHA: a server restarted since the script was loaded
-# answers NOSCRIPT, and inside a MULTI that error would skip the online values while the rest
-# of the commit landed.
+# argument each (for 2,600 entities, 20 ms of the worker's time to pack, against 3.5 ms for the
+# blocks; Redis splits them in about the time it took to read the arguments). It is sent with
+# EVAL, not EVALSHA: a server restarted since the script was loaded answers NOSCRIPT, and inside
+# a MULTI that error would skip the online values while the rest of the commit landed.
 # ARGV: TTL in ms (0: none), field count n, the n field names (the features, then the event-time
 # and version fields), the values block (n - 2 per key, row by row), the event-times block (one
 # per key), the version.
