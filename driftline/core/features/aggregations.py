@@ -260,23 +260,22 @@ class _Pieces:
         one entity in a batch mostly read the same run of cached entries (same first whole
         slice, same settled end), so each distinct run is united once and shared: a query
         counts that run's distinct codes plus its own read codes outside the run's set."""
-        clo, chi = self.cached_range
-        runs, run_of = _runs(clo, chi)
+        run_lo, run_hi, run_of = _runs(*self.cached_range)
         start = self.cache.stats[f"dstart:{field}"]
         count = self.cache.stats[f"dcount:{field}"]
-        owner, entry = expand_ranges(runs[:, 0], runs[:, 1])  # (run, entry)
+        owner, entry = expand_ranges(run_lo, run_hi)  # (run, entry)
         run_entry_start = start[entry]
         coded, index = expand_ranges(run_entry_start, run_entry_start + count[entry])
         cached_codes = self.cache.codes[field][index]
         row_codes = self.table.values[field][self.rows]
         base = int(max(cached_codes.max(initial=-1), row_codes.max(initial=-1))) + 1
-        run, code = slices.distinct_pairs(owner[coded], cached_codes, len(runs))
+        run, code = slices.distinct_pairs(owner[coded], cached_codes, len(run_lo))
         run_keys = run * base + code  # sorted: distinct_pairs sorts by (run, code)
         out = np.zeros(self.n)
         has_run = run_of >= 0
-        out[has_run] = np.bincount(run, minlength=len(runs))[run_of[has_run]]
+        out[has_run] = np.bincount(run, minlength=len(run_lo))[run_of[has_run]]
         query, code = slices.distinct_pairs(self.row_query, row_codes, self.n)
-        outside = ~slices._member(run_of[query] * base + code, run_keys) | (run_of[query] < 0)
+        outside = ~slices.member(run_of[query] * base + code, run_keys) | (run_of[query] < 0)
         return out + np.bincount(query[outside], minlength=self.n)
 
     def seconds_since_previous(self) -> np.ndarray:
@@ -295,15 +294,14 @@ class _Pieces:
         return out
 
 
-def _runs(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct non-empty ranges ``[lo, hi)`` (rows of an ``(m, 2)`` array) and each
-    query's index into them (-1 for an empty range)."""
+def _runs(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct non-empty ranges ``[lo, hi)`` (their starts and ends) and each query's index
+    among them (-1 for an empty range)."""
     nonempty = np.flatnonzero(hi > lo)
-    pairs = np.stack([lo[nonempty], hi[nonempty]], axis=1)
-    runs, inverse = np.unique(pairs, axis=0, return_inverse=True)
+    run_lo, run_hi, inverse = slices.unique_pairs(lo[nonempty], hi[nonempty])
     run_of = np.full(len(lo), -1, dtype=np.int64)
-    run_of[nonempty] = inverse.ravel()
-    return runs.reshape(-1, 2), run_of
+    run_of[nonempty] = inverse
+    return run_lo, run_hi, run_of
 
 
 SLICED: dict[str, Callable[[_Pieces, Feature], np.ndarray]] = {

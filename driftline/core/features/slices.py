@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from driftline.core.features.table import PairIndex, RowTable, _KeyCoder
+from driftline.core.features.table import PairIndex, RowTable
 from driftline.core.features.windows import Window
 
 SLICED_FROM_MS = 6 * 3_600_000
@@ -163,7 +163,7 @@ def distinct_pairs(group: np.ndarray, codes: np.ndarray, n: int
     return owner, pairs - owner * base
 
 
-def _member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+def member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
     """``np.isin`` for a sorted, unique ``sorted_set``."""
     if len(sorted_set) == 0:
         return np.zeros(len(values), dtype=bool)
@@ -171,13 +171,16 @@ def _member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
     return sorted_set[at] == values
 
 
-def unique_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct (a, b) pairs of two int64 columns, sorted by (a, b)."""
+def unique_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct (a, b) pairs of two int64 columns, sorted by (a, b), and each input pair's
+    index among them."""
     order = np.lexsort((b, a))
     a, b = a[order], b[order]
     new = np.ones(len(a), dtype=bool)
     new[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
-    return a[new], b[new]
+    inverse = np.empty(len(a), dtype=np.int64)
+    inverse[order] = np.cumsum(new) - 1
+    return a[new], b[new], inverse
 
 
 class SliceCache:
@@ -215,7 +218,7 @@ class SliceCache:
         dropped = touched[was & ~heavy]
         added = touched[heavy & ~was]
         self.cached = np.union1d(np.setdiff1d(self.cached, dropped, assume_unique=True), added)
-        kept = _member(entity, touched[heavy & was])
+        kept = member(entity, touched[heavy & was])
         ent, sl = entity[kept], time[kept] // self.width
         if len(added):  # every slice of a newly cached entity
             at = first[heavy & ~was]
@@ -224,7 +227,7 @@ class SliceCache:
             sl = np.concatenate([sl, table.time[row] // self.width])
         if len(ent) == 0:
             return
-        ent, sl = unique_pairs(ent, sl)
+        ent, sl, _ = unique_pairs(ent, sl)
         lo, hi = table.ranges(ent, sl * self.width, (sl + 1) * self.width)
         present = hi > lo  # a slice can be expired as soon as it was written
         ent, sl, lo, hi = ent[present], sl[present], lo[present], hi[present]
@@ -235,7 +238,7 @@ class SliceCache:
 
     def holds(self, entity: np.ndarray) -> np.ndarray:
         """Whether each entity's slices are all in the cache."""
-        return _member(entity, self.cached)
+        return member(entity, self.cached)
 
     def _store(self, ent: np.ndarray, sl: np.ndarray, fresh: Stats,
                codes: Mapping[str, np.ndarray]) -> None:
@@ -250,12 +253,8 @@ class SliceCache:
             self._compact_codes()
             return
         index = self._index()  # keys kept with the entries, as RowTable keeps its rows'
-        if index.fits(ent, sl):
-            keys, new_keys = index.keys, index.coder.key(ent, sl)
-        else:  # re-encoded on the next lookup
-            coder = _KeyCoder(np.concatenate([self.slice, sl]), int(self.entity.max()),
-                              int(ent.max()))
-            keys, new_keys = coder.key(self.entity, self.slice), coder.key(ent, sl)
+        keys, new_keys, kept = index.keys_with(self.entity, self.slice, ent, sl)
+        if not kept:  # re-encoded on the next lookup
             self._key = index = None
         at = np.searchsorted(keys, new_keys, side="left")
         exists = at < len(keys)

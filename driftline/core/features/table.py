@@ -51,16 +51,11 @@ class RowTable:
             self._key = None
             return
         index = self.index()
-        if index.fits(entity, time):
-            new_keys = index.coder.key(entity, time)
-            at = np.searchsorted(index.keys, new_keys, side="right")
+        keys, new_keys, kept = index.keys_with(self.entity, self.time, entity, time)
+        at = np.searchsorted(keys, new_keys, side="right")
+        if kept:
             index.keys = np.insert(index.keys, at, new_keys)
         else:  # re-encode every key on the next lookup
-            coder = _KeyCoder(np.concatenate([self.time, time]),
-                              int(self.entity.max(initial=0)), int(entity.max()))
-            at = np.searchsorted(
-                coder.key(self.entity, self.time), coder.key(entity, time), side="right"
-            )
             self._key = None
         self.entity = np.insert(self.entity, at, entity)
         self.time = np.insert(self.time, at, time)
@@ -111,9 +106,17 @@ class PairIndex:
             self.coder = _KeyCoder(value, int(entity.max()), 0, headroom=headroom)
             self.keys = self.coder.key(entity, value)
 
-    def fits(self, entity: np.ndarray, value: np.ndarray) -> bool:
-        """Whether rows ``(entity, value)`` can be keyed in this layout."""
-        return not self.empty and self.coder.fits(entity, value)
+    def keys_with(self, old_entity: np.ndarray, old_value: np.ndarray, entity: np.ndarray,
+                  value: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Keys of the indexed pairs (``old_*``, the columns this index was built from) and of
+        new pairs, comparable with each other, to place the new ones. In this layout when the
+        new pairs fit it (True: the index stays valid once its owner merges the new keys into
+        ``keys``); else from a one-off layout over both (False: build the index anew)."""
+        if not self.empty and self.coder.fits(entity, value):
+            return self.keys, self.coder.key(entity, value), True
+        coder = _KeyCoder(np.concatenate([old_value, value]), int(old_entity.max(initial=0)),
+                          int(entity.max()))
+        return coder.key(old_entity, old_value), coder.key(entity, value), False
 
     def ranges(
         self, entity: np.ndarray, start: np.ndarray, end: np.ndarray
@@ -145,14 +148,15 @@ class _KeyCoder:
         self.ranks: np.ndarray | None = None
         self.t0 = lo
         span = hi - lo + 2  # room for "before" (0 after clip) and "after"
-        if span.bit_length() + entity_bits > _KEY_BITS:
+        self.bits = span.bit_length()
+        if self.bits + entity_bits > _KEY_BITS:
             self.ranks = np.unique(row_times)
             span = len(self.ranks) + 1
-        elif headroom:
-            span = 1 << (_KEY_BITS - entity_bits)
+            self.bits = span.bit_length()
+        elif headroom:  # every bit the entity codes leave, the rows in the middle
+            self.bits = _KEY_BITS - entity_bits
+            span = 1 << self.bits
             self.t0 = max(lo - (span - 2 - (hi - lo)) // 2, _INT64_MIN)
-        self.bits = (span - 1).bit_length() if headroom and self.ranks is None \
-            else span.bit_length()
         self.span = span
         if self.bits + entity_bits > _KEY_BITS:
             raise OverflowError("too many entities and distinct times for a 62-bit key")
