@@ -224,7 +224,7 @@ def test_every_online_value_of_a_large_batch_reads_back_exactly(kit):
     state = kit.state()
     state.assign([0, 1])
     txn = state.begin([0, 1])
-    entities = [entity_in(i % 2) for i in range(600)]
+    entities = [entity_in(i % 2, prefix=f"e{i}") for i in range(600)]  # distinct ids
     values = rng.normal(size=(600, 5)) * 10.0 ** rng.integers(-300, 300, size=(600, 5))
     values[rng.random(values.shape) < 0.1] = np.nan
     values[0, :4] = [np.inf, -np.inf, -0.0, 5e-324]
