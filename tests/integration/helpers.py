@@ -18,8 +18,11 @@ def avro_schema(name: str):
     return fastavro.parse_schema(json.loads((SCHEMA_DIR / f"{name}.avsc").read_text()))
 
 
-def consume_all(bootstrap: str, topic: str, expected: int, timeout: float = 30.0) -> list:
-    """Read `expected` messages of `topic` from the beginning with a throw-away group."""
+def consume_all(bootstrap: str, topic: str, expected: int, timeout: float = 30.0,
+                linger: float = 0.0) -> list:
+    """Read `expected` messages of `topic` from the beginning with a throw-away group; with
+    `linger`, keep reading that many seconds more, so that any message beyond `expected` (a
+    duplicate) is in the result too."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{time.time_ns()}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False,
                          "session.timeout.ms": 6000, "max.poll.interval.ms": 6000})
@@ -31,6 +34,9 @@ def consume_all(bootstrap: str, topic: str, expected: int, timeout: float = 30.0
             for msg in consumer.consume(1000, 0.5):
                 if msg.error() is None:
                     messages.append(msg)
+        until = time.monotonic() + linger
+        while linger and time.monotonic() < until:
+            messages += [m for m in consumer.consume(1000, 0.2) if m.error() is None]
     finally:
         consumer.close()
     return messages

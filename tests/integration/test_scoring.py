@@ -64,9 +64,10 @@ def send(settings, records) -> list[dict]:
     return records
 
 
-def read_predictions(settings, expected: int) -> list[dict]:
+def read_predictions(settings, expected: int, linger: float = 0.0) -> list[dict]:
     schema = avro_schema("Prediction")
-    messages = consume_all(settings.kafka_bootstrap, settings.topic_predictions, expected, 60)
+    messages = consume_all(settings.kafka_bootstrap, settings.topic_predictions, expected, 60,
+                           linger)
     out = []
     for m in messages:
         p = fastavro.schemaless_reader(io.BytesIO(m.value()[10:]), schema)
@@ -120,8 +121,11 @@ def test_every_record_gets_one_prediction_equal_to_onnxruntime(scorer_settings, 
                                                 avro_schema("DeadLetter"))["reason"]
                      for m in dead)
     assert reasons == ["decode_error"] + ["view_mismatch"] * 5
-    # Nothing more arrives: no duplicates.
-    assert len(read_predictions(s, len(good) + 1)) == len(good)
+    # No duplicates: once every input record is committed (predictions are flushed before
+    # their inputs commit), the topic holds exactly one prediction per good record.
+    wait_for(lambda: get_json(f"{scorer.address}/health")["stream"]["messages"] == len(good) + 6,
+             timeout=30, what="every input record to be committed")
+    assert len(read_predictions(s, len(good), linger=2.0)) == len(good)
 
 
 def test_promotion_under_load_switches_cleanly_and_rollback_too(scorer_settings, scorer):
