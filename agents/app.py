@@ -42,11 +42,14 @@ class Service:
     host: str
     port: int
     linger_ms: int | None = None  # after a batch's first message; None: DRIFTLINE_BATCH_LINGER_MS
+    per_partition: bool = False  # stage and commit each partition's share on its own
 
     @classmethod
     def worker(cls, settings: Settings) -> Service:
+        # Per partition: an event waits for its own partition's computation and commit, not
+        # for every partition's (bench/README.md measures it).
         return cls(settings.group_features, (settings.topic_events,), settings.worker_host,
-                   settings.worker_port)
+                   settings.worker_port, per_partition=True)
 
     @classmethod
     def monitor(cls, settings: Settings) -> Service:
@@ -82,6 +85,7 @@ def create_app(settings: Settings, pipeline: BatchPipeline, service: Service
         batch_timeout_s=settings.batch_timeout_ms / 1000,
         batch_linger_s=(settings.batch_linger_ms if service.linger_ms is None
                         else service.linger_ms) / 1000,
+        per_partition=service.per_partition,
     )
     reader = BatchReader(batches, loop=app.loop)
 

@@ -34,6 +34,12 @@ send fails, N still commits and N+1 alone replays. When nothing new has arrived 
 for N at once, and before a rebalance or a stop it finishes what it has. A pipeline's
 ``finish`` must therefore be safe to run while its next ``prepare`` runs (it touches only the
 batch it belongs to, the producer and the stores).
+
+With ``per_partition`` (the feature worker), each partition's share of a consumed batch (every
+topic's partition p together) goes through those steps as a batch of its own: partition 1 is
+sent and commits while partition 2 is computed, so an event waits for its own partition's
+computation and commit, not for every partition's. When one fails, it and the partitions not yet
+started replay; those before it have committed.
 """
 
 from __future__ import annotations
@@ -118,7 +124,7 @@ class BatchLoop:
     def __init__(self, consumer_factory: Callable[[], Consumer], topics: str | Sequence[str],
                  pipeline: BatchPipeline, batch_size: int, batch_timeout_s: float,
                  max_backoff_s: float = 30.0, batch_linger_s: float = 0.0,
-                 committer: Executor | None = None) -> None:
+                 committer: Executor | None = None, per_partition: bool = False) -> None:
         self._consumer_factory = consumer_factory
         self.topics = [topics] if isinstance(topics, str) else list(topics)
         self.topic = ",".join(self.topics)  # for logs and /health
@@ -138,6 +144,11 @@ class BatchLoop:
         self._thread: threading.Thread | None = None
         self._pending: _Pending | None = None  # sent, not yet finished (pipelines with prepare)
         self._staged = hasattr(pipeline, "prepare")
+        self.per_partition = per_partition  # stage each partition's share on its own
+        # Partitions whose resume offset the pipeline keeps in its own state (on_assign returns
+        # it): their Kafka commits only inform observers (lag), so they do not wait for the
+        # broker's answer.
+        self._state_backed: set[PartitionId] = set()
         # Runs each sent batch's finish() (one at a time, in order); its thread starts with the
         # first batch. Tests pass an executor that runs a task when its result is asked for.
         self._committer = committer or ThreadPoolExecutor(
@@ -198,6 +209,8 @@ class BatchLoop:
         ids = [PartitionId(tp.topic, tp.partition) for tp in partitions]
         self._finish_pending(consumer, rewind=False)  # state changes only with nothing in flight
         resume = self._retry(lambda: self.pipeline.on_assign(ids), "restoring state")
+        self._state_backed.difference_update(ids)
+        self._state_backed.update(resume)
         for tp, pid in zip(partitions, ids, strict=True):
             if pid in resume:
                 tp.offset = resume[pid]
@@ -247,6 +260,15 @@ class BatchLoop:
         batches = group_by_partition(messages)
         for batch in batches:  # every service counts what it consumed, by topic
             MESSAGES_CONSUMED.labels(batch.topic).inc(len(batch.messages))
+        if self._staged and self.per_partition:
+            parts = [[b for b in batches if b.partition == p]
+                     for p in sorted({b.partition for b in batches})]
+            for k, part in enumerate(parts):
+                later = [m for rest in parts[k + 1:] for b in rest for m in b.messages]
+                if not self._step_staged(consumer, part, [m for b in part for m in b.messages],
+                                         later):
+                    return
+            return
         if self._staged:
             self._step_staged(consumer, batches, messages)
             return
@@ -258,31 +280,34 @@ class BatchLoop:
         self._committed(consumer, batches)
 
     def _step_staged(self, consumer: Consumer, batches: list[MessageBatch],
-                     messages: list[Message]) -> None:
+                     messages: list[Message], later: list[Message] | None = None) -> bool:
         """Compute this batch while the previous one finishes on the commit thread, then
         commit the previous one, then send this one and start its finish (see "No idle waits"
-        in the module docstring)."""
+        in the module docstring). `later`: messages consumed with this batch that are to be
+        processed after it, which replay with it if it fails. Returns False if it failed."""
+        later = later or []
         pending, self._pending = self._pending, None
         try:
             staged = self.pipeline.prepare(batches)
         except Exception as exc:  # noqa: BLE001 - replays from the committed state
             error = self._land(consumer, pending)
             if error is None:
-                self._failed(consumer, exc, messages)
+                self._failed(consumer, exc, messages + later)
             else:  # the previous batch did not commit either: both replay
-                self._failed(consumer, error, pending.messages + messages)
-            return
+                self._failed(consumer, error, pending.messages + messages + later)
+            return False
         error = self._land(consumer, pending)
         if error is not None:
-            self._failed(consumer, error, pending.messages + messages)
-            return
+            self._failed(consumer, error, pending.messages + messages + later)
+            return False
         try:
             staged.send()
         except Exception as exc:  # noqa: BLE001
-            self._failed(consumer, exc, messages)
-            return
+            self._failed(consumer, exc, messages + later)
+            return False
         self._pending = _Pending(staged, messages, batches,
                                  self._committer.submit(staged.finish))
+        return True
 
     def _land(self, consumer: Consumer, pending: _Pending | None) -> Exception | None:
         """Wait for `pending`'s finish; if it committed, commit its Kafka offsets too. Returns
@@ -316,11 +341,16 @@ class BatchLoop:
         self._rewind(consumer, messages)
 
     def _committed(self, consumer: Consumer, batches: Sequence[MessageBatch]) -> None:
-        """The batch's effects have landed: commit its offsets to Kafka too."""
+        """The batch's effects have landed: commit its offsets to Kafka too (without waiting for
+        the answer where the pipeline's state holds them)."""
+        offsets = [TopicPartition(b.topic, b.partition, b.messages[-1].offset() + 1)
+                   for b in batches]
+        backed = [PartitionId(tp.topic, tp.partition) in self._state_backed for tp in offsets]
         try:
-            consumer.commit(offsets=[TopicPartition(b.topic, b.partition,
-                                                    b.messages[-1].offset() + 1)
-                                     for b in batches], asynchronous=False)
+            for asynchronous in (True, False):
+                chosen = [tp for tp, b in zip(offsets, backed, strict=True) if b == asynchronous]
+                if chosen:
+                    consumer.commit(offsets=chosen, asynchronous=asynchronous)
         except KafkaException as exc:  # e.g. revoked meanwhile; state-backed offsets rule
             log.warning("offset commit on %s failed: %s", self.topic, exc)
         self.batches += 1
@@ -337,6 +367,7 @@ class BatchLoop:
             return self.pipeline.on_assign(partitions)
 
         resume = self._retry(rebuild, "rebuilding state after a failed batch", first_wait=0.5)
+        self._state_backed = set(resume)
         for p in partitions:
             offset = resume.get(p, first.get(p))
             if offset is not None:

@@ -81,6 +81,10 @@ class ScriptedConsumer:
         self.commits: list[dict[tuple[str, int], int]] = []
         self.seeks: list[tuple[str, int, int]] = []
         self.timeouts: list[float] = []
+        self.asynchronous: list[bool] = []  # each commit's mode
+
+    def assign(self, partitions) -> None:
+        pass
 
     def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
         if num_messages == 1:
@@ -90,6 +94,7 @@ class ScriptedConsumer:
 
     def commit(self, offsets, asynchronous: bool) -> None:
         self.commits.append({(tp.topic, tp.partition): tp.offset for tp in offsets})
+        self.asynchronous.append(asynchronous)
 
     def seek(self, tp) -> None:
         self.seeks.append((tp.topic, tp.partition, tp.offset))
@@ -261,3 +266,75 @@ def test_a_failed_send_replays_that_batch_after_the_previous_one_committed():
     assert consumer.commits == [{("events", 0): 10}]  # batch 0 landed, batch 1 did not
     assert consumer.seeks == [("events", 0, 10)]  # back to batch 1's first offset
     assert batches._pending is None
+
+
+# -- per partition: each partition's share of a consumed batch is a staged batch of its own ---
+
+class PerPartitionPipeline(StagedPipeline):
+    """Names each staged batch by its partitions ("p0", "p0+p1")."""
+
+    def prepare(self, batches):
+        name = "+".join(f"p{b.partition}" for b in batches)
+        self._call(f"prepare {name}")
+        pipeline = self
+
+        class Staged:
+            def send(self):
+                pipeline._call(f"send {name}")
+
+            def finish(self):
+                pipeline._call(f"finish {name}")
+
+        return Staged()
+
+
+def three_partitions() -> list[FakeMessage]:
+    return [m for p in (2, 0, 1) for m in messages("events", p, [b"x"] * 10, first_offset=5)]
+
+
+def per_partition_loop(pipeline: StagedPipeline) -> BatchLoop:
+    batches = BatchLoop(lambda: None, "events", pipeline=pipeline, batch_size=100,
+                        batch_timeout_s=0.1, committer=AtResult(), per_partition=True)
+    batches.assigned = {PartitionId("events", p) for p in range(3)}
+    return batches
+
+
+def test_per_partition_each_partition_commits_before_the_next_one_is_sent():
+    consumer, pipeline = ScriptedConsumer(three_partitions()), PerPartitionPipeline()
+    batches = per_partition_loop(pipeline)
+    batches._step(consumer)
+    batches._step(consumer)  # nothing more: the last partition finishes
+    assert pipeline.log == ["prepare p0", "send p0",
+                            "prepare p1", "finish p0", "send p1",
+                            "prepare p2", "finish p1", "send p2",
+                            "finish p2"]
+    assert consumer.commits == [{("events", 0): 15}, {("events", 1): 15}, {("events", 2): 15}]
+    assert batches.messages == 30 and batches._pending is None
+
+
+def test_per_partition_a_failure_replays_that_partition_and_the_ones_not_yet_started():
+    consumer = ScriptedConsumer(three_partitions())
+    pipeline = PerPartitionPipeline(fail="prepare p1")
+    batches = per_partition_loop(pipeline)
+    batches._step(consumer)
+    assert pipeline.log == ["prepare p0", "send p0", "prepare p1", "finish p0",
+                            "revoke", "assign"]  # partition 2 was never started
+    assert consumer.commits == [{("events", 0): 15}]  # partition 0 landed
+    assert consumer.seeks == [("events", 1, 5), ("events", 2, 5)]  # 1 and 2 replay
+    assert batches._pending is None
+
+
+def test_offsets_the_pipeline_restores_itself_are_committed_to_kafka_without_waiting():
+    """Where on_assign returns a partition's offset (state-backed), its Kafka commit only
+    informs observers and is asynchronous; a partition resumed from Kafka's commit waits."""
+    from confluent_kafka import TopicPartition
+
+    consumer, pipeline = ScriptedConsumer(three_partitions()), StagedPipeline()
+    pipeline.resume = {PartitionId("events", 0): 5, PartitionId("events", 2): 5}
+    batches = BatchLoop(lambda: None, "events", pipeline=pipeline, batch_size=100,
+                        batch_timeout_s=0.1, committer=AtResult())
+    batches._on_assign(consumer, [TopicPartition("events", p) for p in range(3)])
+    batches._step(consumer)
+    batches._finish_pending(consumer)
+    assert list(zip(consumer.asynchronous, consumer.commits, strict=True)) == [
+        (True, {("events", 2): 15, ("events", 0): 15}), (False, {("events", 1): 15})]
