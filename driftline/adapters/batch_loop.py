@@ -145,10 +145,6 @@ class BatchLoop:
         self._pending: _Pending | None = None  # sent, not yet finished (pipelines with prepare)
         self._staged = hasattr(pipeline, "prepare")
         self.per_partition = per_partition  # stage each partition's share on its own
-        # Partitions whose resume offset the pipeline keeps in its own state (on_assign returns
-        # it): their Kafka commits only inform observers (lag), so they do not wait for the
-        # broker's answer.
-        self._state_backed: set[PartitionId] = set()
         # Runs each sent batch's finish() (one at a time, in order); its thread starts with the
         # first batch. Tests pass an executor that runs a task when its result is asked for.
         self._committer = committer or ThreadPoolExecutor(
@@ -209,8 +205,6 @@ class BatchLoop:
         ids = [PartitionId(tp.topic, tp.partition) for tp in partitions]
         self._finish_pending(consumer, rewind=False)  # state changes only with nothing in flight
         resume = self._retry(lambda: self.pipeline.on_assign(ids), "restoring state")
-        self._state_backed.difference_update(ids)
-        self._state_backed.update(resume)
         for tp, pid in zip(partitions, ids, strict=True):
             if pid in resume:
                 tp.offset = resume[pid]
@@ -341,16 +335,11 @@ class BatchLoop:
         self._rewind(consumer, messages)
 
     def _committed(self, consumer: Consumer, batches: Sequence[MessageBatch]) -> None:
-        """The batch's effects have landed: commit its offsets to Kafka too (without waiting for
-        the answer where the pipeline's state holds them)."""
-        offsets = [TopicPartition(b.topic, b.partition, b.messages[-1].offset() + 1)
-                   for b in batches]
-        backed = [PartitionId(tp.topic, tp.partition) in self._state_backed for tp in offsets]
+        """The batch's effects have landed: commit its offsets to Kafka too."""
         try:
-            for asynchronous in (True, False):
-                chosen = [tp for tp, b in zip(offsets, backed, strict=True) if b == asynchronous]
-                if chosen:
-                    consumer.commit(offsets=chosen, asynchronous=asynchronous)
+            consumer.commit(offsets=[TopicPartition(b.topic, b.partition,
+                                                    b.messages[-1].offset() + 1)
+                                     for b in batches], asynchronous=False)
         except KafkaException as exc:  # e.g. revoked meanwhile; state-backed offsets rule
             log.warning("offset commit on %s failed: %s", self.topic, exc)
         self.batches += 1
@@ -367,7 +356,6 @@ class BatchLoop:
             return self.pipeline.on_assign(partitions)
 
         resume = self._retry(rebuild, "rebuilding state after a failed batch", first_wait=0.5)
-        self._state_backed = set(resume)
         for p in partitions:
             offset = resume.get(p, first.get(p))
             if offset is not None:

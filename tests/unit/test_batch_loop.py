@@ -81,7 +81,6 @@ class ScriptedConsumer:
         self.commits: list[dict[tuple[str, int], int]] = []
         self.seeks: list[tuple[str, int, int]] = []
         self.timeouts: list[float] = []
-        self.asynchronous: list[bool] = []  # each commit's mode
 
     def assign(self, partitions) -> None:
         pass
@@ -94,7 +93,6 @@ class ScriptedConsumer:
 
     def commit(self, offsets, asynchronous: bool) -> None:
         self.commits.append({(tp.topic, tp.partition): tp.offset for tp in offsets})
-        self.asynchronous.append(asynchronous)
 
     def seek(self, tp) -> None:
         self.seeks.append((tp.topic, tp.partition, tp.offset))
@@ -323,18 +321,3 @@ def test_per_partition_a_failure_replays_that_partition_and_the_ones_not_yet_sta
     assert consumer.seeks == [("events", 1, 5), ("events", 2, 5)]  # 1 and 2 replay
     assert batches._pending is None
 
-
-def test_offsets_the_pipeline_restores_itself_are_committed_to_kafka_without_waiting():
-    """Where on_assign returns a partition's offset (state-backed), its Kafka commit only
-    informs observers and is asynchronous; a partition resumed from Kafka's commit waits."""
-    from confluent_kafka import TopicPartition
-
-    consumer, pipeline = ScriptedConsumer(three_partitions()), StagedPipeline()
-    pipeline.resume = {PartitionId("events", 0): 5, PartitionId("events", 2): 5}
-    batches = BatchLoop(lambda: None, "events", pipeline=pipeline, batch_size=100,
-                        batch_timeout_s=0.1, committer=AtResult())
-    batches._on_assign(consumer, [TopicPartition("events", p) for p in range(3)])
-    batches._step(consumer)
-    batches._finish_pending(consumer)
-    assert list(zip(consumer.asynchronous, consumer.commits, strict=True)) == [
-        (True, {("events", 2): 15, ("events", 0): 15}), (False, {("events", 1): 15})]
