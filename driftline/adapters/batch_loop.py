@@ -35,11 +35,15 @@ for N at once, and before a rebalance or a stop it finishes what it has. A pipel
 ``finish`` must therefore be safe to run while its next ``prepare`` runs (it touches only the
 batch it belongs to, the producer and the stores).
 
-With ``per_partition`` (the feature worker), each partition's share of a consumed batch (every
-topic's partition p together) goes through those steps as a batch of its own: partition 1 is
-sent and commits while partition 2 is computed, so an event waits for its own partition's
-computation and commit, not for every partition's. When one fails, it and the partitions not yet
-started replay; those before it have committed.
+With ``per_partition`` (the feature worker), each partition (every topic's partition p together)
+goes through those steps as a batch of its own, in turns: the loop keeps what it consumed per
+partition, and each step takes in what has arrived since, then stages the next partition in
+round-robin order that has messages waiting, all of them. So partition 1 is sent and commits
+while partition 2 is computed, and an event waits for its partition's next turn, its own
+partition's computation and its commit, not for a whole round of every partition to start and
+then its place in it. When a batch fails, it and every message still waiting replay; the
+partitions before it have committed. A rebalance drops what waits for revoked partitions (their
+next owner resumes from the committed state).
 """
 
 from __future__ import annotations
@@ -144,7 +148,9 @@ class BatchLoop:
         self._thread: threading.Thread | None = None
         self._pending: _Pending | None = None  # sent, not yet finished (pipelines with prepare)
         self._staged = hasattr(pipeline, "prepare")
-        self.per_partition = per_partition  # stage each partition's share on its own
+        self.per_partition = per_partition  # stage each partition on its own, in turns
+        self._waiting: dict[PartitionId, list[Message]] = {}  # consumed, not yet staged
+        self._turn = -1  # the partition staged last (per_partition)
         # Runs each sent batch's finish() (one at a time, in order); its thread starts with the
         # first batch. Tests pass an executor that runs a task when its result is asked for.
         self._committer = committer or ThreadPoolExecutor(
@@ -204,6 +210,8 @@ class BatchLoop:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         ids = [PartitionId(tp.topic, tp.partition) for tp in partitions]
         self._finish_pending(consumer, rewind=False)  # state changes only with nothing in flight
+        for pid in ids:  # read again from where the restored state resumes
+            self._waiting.pop(pid, None)
         resume = self._retry(lambda: self.pipeline.on_assign(ids), "restoring state")
         for tp, pid in zip(partitions, ids, strict=True):
             if pid in resume:
@@ -217,52 +225,78 @@ class BatchLoop:
         # Commit what we computed while we still own it; if that fails, the next owner (perhaps
         # us) replays it from the committed state.
         self._finish_pending(consumer, rewind=False)
+        for pid in ids:  # consumed, never staged: the next owner reads them from the commit
+            self._waiting.pop(pid, None)
         self.pipeline.on_revoke(ids)
         self.assigned.difference_update(ids)
         consumer.unassign()
         log.info("revoked %s", ids)
 
     # -- the loop ----------------------------------------------------------------------------
-    def _consume(self, consumer: Consumer) -> list[Message]:
-        """The next batch: up to ``batch_size`` messages, without waiting for it to fill.
+    def _consume(self, consumer: Consumer, limit: int | None = None,
+                 wait: bool = True) -> list[Message]:
+        """The next batch: up to ``batch_size`` (or `limit`) messages, without waiting for it to
+        fill.
 
         ``consume(n, timeout)`` returns only when it has n messages or the timeout expired, so
         asking for a full batch made every batch below ``batch_size`` wait the whole timeout.
         Instead: wait for one message, then take what is already in the fetch queue.
         """
-        # With a batch in flight, only take what has already arrived: if nothing has, that batch
-        # is finished at once instead of after a wait.
-        timeout = 0 if self._pending is not None else self.batch_timeout_s
+        limit = self.batch_size if limit is None else limit
+        # With a batch in flight (or messages waiting), only take what has already arrived: if
+        # nothing has, that batch is finished at once instead of after a wait.
+        timeout = self.batch_timeout_s if wait and self._pending is None else 0
         raw = consumer.consume(num_messages=1, timeout=timeout)
-        if raw and self.batch_size > 1:
-            raw += consumer.consume(num_messages=self.batch_size - 1,
-                                    timeout=self.batch_linger_s)
+        if raw and limit > 1:
+            raw += consumer.consume(num_messages=limit - 1, timeout=self.batch_linger_s)
         return raw
 
-    def _step(self, consumer: Consumer) -> None:
-        raw = self._consume(consumer)
-        self._measure_lag(consumer)
+    def _step_in_turns(self, consumer: Consumer) -> None:
+        """Take in what has arrived (while fewer than ``batch_size`` messages wait), then stage
+        the next partition in turn with messages waiting (see the module docstring)."""
+        room = self.batch_size - sum(map(len, self._waiting.values()))
+        if room > 0:
+            raw = self._consume(consumer, limit=room, wait=not self._waiting)
+            self._measure_lag(consumer)
+            for batch in group_by_partition(self._usable(raw)):
+                MESSAGES_CONSUMED.labels(batch.topic).inc(len(batch.messages))
+                self._waiting.setdefault(PartitionId(batch.topic, batch.partition),
+                                         []).extend(batch.messages)
+        if not self._waiting:
+            self._finish_pending(consumer)
+            return
+        numbers = sorted({pid.partition for pid in self._waiting})
+        self._turn = next((p for p in numbers if p > self._turn), numbers[0])
+        mine = sorted(pid for pid in self._waiting if pid.partition == self._turn)
+        batches = [MessageBatch(pid.topic, pid.partition, self._waiting.pop(pid)) for pid in mine]
+        later = [m for waiting in self._waiting.values() for m in waiting]
+        if not self._step_staged(consumer, batches, [m for b in batches for m in b.messages],
+                                 later):
+            self._waiting.clear()  # replayed from the committed state, with the failed batch
+
+    def _usable(self, raw: list[Message]) -> list[Message]:
+        """The messages of `raw` without errors (logging the errors that matter)."""
         messages = [m for m in raw if m.error() is None]
         if len(messages) != len(raw):
             for msg in raw:
                 err = msg.error()
                 if err is not None and err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer error on %s: %s", self.topic, err)
+        return messages
+
+    def _step(self, consumer: Consumer) -> None:
+        if self._staged and self.per_partition:
+            self._step_in_turns(consumer)
+            return
+        raw = self._consume(consumer)
+        self._measure_lag(consumer)
+        messages = self._usable(raw)
         if not messages:
             self._finish_pending(consumer)
             return
         batches = group_by_partition(messages)
         for batch in batches:  # every service counts what it consumed, by topic
             MESSAGES_CONSUMED.labels(batch.topic).inc(len(batch.messages))
-        if self._staged and self.per_partition:
-            parts = [[b for b in batches if b.partition == p]
-                     for p in sorted({b.partition for b in batches})]
-            for k, part in enumerate(parts):
-                later = [m for rest in parts[k + 1:] for b in rest for m in b.messages]
-                if not self._step_staged(consumer, part, [m for b in part for m in b.messages],
-                                         later):
-                    return
-            return
         if self._staged:
             self._step_staged(consumer, batches, messages)
             return

@@ -269,10 +269,10 @@ def test_a_failed_send_replays_that_batch_after_the_previous_one_committed():
 # -- per partition: each partition's share of a consumed batch is a staged batch of its own ---
 
 class PerPartitionPipeline(StagedPipeline):
-    """Names each staged batch by its partitions ("p0", "p0+p1")."""
+    """Names each staged batch by its partitions and message count ("p0:10")."""
 
     def prepare(self, batches):
-        name = "+".join(f"p{b.partition}" for b in batches)
+        name = "+".join(f"p{b.partition}:{len(b.messages)}" for b in batches)
         self._call(f"prepare {name}")
         pipeline = self
 
@@ -286,8 +286,9 @@ class PerPartitionPipeline(StagedPipeline):
         return Staged()
 
 
-def three_partitions() -> list[FakeMessage]:
-    return [m for p in (2, 0, 1) for m in messages("events", p, [b"x"] * 10, first_offset=5)]
+def partitions(*numbers: int, first_offset: int = 5) -> list[FakeMessage]:
+    return [m for p in numbers
+            for m in messages("events", p, [b"x"] * 10, first_offset=first_offset)]
 
 
 def per_partition_loop(pipeline: StagedPipeline) -> BatchLoop:
@@ -298,26 +299,60 @@ def per_partition_loop(pipeline: StagedPipeline) -> BatchLoop:
 
 
 def test_per_partition_each_partition_commits_before_the_next_one_is_sent():
-    consumer, pipeline = ScriptedConsumer(three_partitions()), PerPartitionPipeline()
+    consumer, pipeline = ScriptedConsumer(partitions(2, 0, 1)), PerPartitionPipeline()
     batches = per_partition_loop(pipeline)
-    batches._step(consumer)
-    batches._step(consumer)  # nothing more: the last partition finishes
-    assert pipeline.log == ["prepare p0", "send p0",
-                            "prepare p1", "finish p0", "send p1",
-                            "prepare p2", "finish p1", "send p2",
-                            "finish p2"]
+    for _ in range(4):  # the last step finds nothing waiting: the last partition finishes
+        batches._step(consumer)
+    assert pipeline.log == ["prepare p0:10", "send p0:10",
+                            "prepare p1:10", "finish p0:10", "send p1:10",
+                            "prepare p2:10", "finish p1:10", "send p2:10",
+                            "finish p2:10"]
     assert consumer.commits == [{("events", 0): 15}, {("events", 1): 15}, {("events", 2): 15}]
-    assert batches.messages == 30 and batches._pending is None
+    # messages were waiting until the last step: only then did the loop wait for new ones
+    assert consumer.timeouts == [0.1, 0, 0, 0]
+    assert batches.messages == 30 and batches._pending is None and not batches._waiting
 
 
-def test_per_partition_a_failure_replays_that_partition_and_the_ones_not_yet_started():
-    consumer = ScriptedConsumer(three_partitions())
-    pipeline = PerPartitionPipeline(fail="prepare p1")
+def test_per_partition_what_arrives_meanwhile_joins_its_partition_at_its_next_turn():
+    """Partition 0 is staged first; what arrives while it is computed (more for 0 and for 1)
+    is taken in before the next turn: partition 1 goes with everything it has, then 2, then 0
+    again, round robin."""
+    consumer = ScriptedConsumer(partitions(0, 1, 2), partitions(1, 0, first_offset=15))
+    pipeline = PerPartitionPipeline()
+    batches = per_partition_loop(pipeline)
+    for _ in range(5):
+        batches._step(consumer)
+    assert [line for line in pipeline.log if line.startswith("prepare")] == [
+        "prepare p0:10", "prepare p1:20", "prepare p2:10", "prepare p0:10"]
+    assert consumer.commits == [{("events", 0): 15}, {("events", 1): 25}, {("events", 2): 15},
+                                {("events", 0): 25}]
+    assert batches.messages == 50 and not batches._waiting
+
+
+def test_per_partition_a_failure_replays_that_partition_and_the_ones_still_waiting():
+    consumer = ScriptedConsumer(partitions(2, 0, 1))
+    pipeline = PerPartitionPipeline(fail="prepare p1:10")
     batches = per_partition_loop(pipeline)
     batches._step(consumer)
-    assert pipeline.log == ["prepare p0", "send p0", "prepare p1", "finish p0",
+    batches._step(consumer)
+    assert pipeline.log == ["prepare p0:10", "send p0:10", "prepare p1:10", "finish p0:10",
                             "revoke", "assign"]  # partition 2 was never started
     assert consumer.commits == [{("events", 0): 15}]  # partition 0 landed
     assert consumer.seeks == [("events", 1, 5), ("events", 2, 5)]  # 1 and 2 replay
-    assert batches._pending is None
+    assert batches._pending is None and not batches._waiting
 
+
+def test_per_partition_a_revoked_partition_drops_what_waits_for_it():
+    from confluent_kafka import TopicPartition
+
+    consumer = ScriptedConsumer(partitions(0, 1, 2))
+    pipeline = PerPartitionPipeline()
+    batches = per_partition_loop(pipeline)
+    consumer.unassign = lambda: None
+    batches._step(consumer)  # partition 0 staged; 1 and 2 wait
+    batches._on_revoke(consumer, [TopicPartition("events", 2)])
+    assert set(batches._waiting) == {PartitionId("events", 1)}  # 1 is still ours
+    batches._step(consumer)
+    batches._step(consumer)
+    assert [line for line in pipeline.log if line.startswith("prepare")] == [
+        "prepare p0:10", "prepare p1:10"]
