@@ -269,10 +269,7 @@ class BatchLoop:
         self._turn = next((p for p in numbers if p > self._turn), numbers[0])
         mine = sorted(pid for pid in self._waiting if pid.partition == self._turn)
         batches = [MessageBatch(pid.topic, pid.partition, self._waiting.pop(pid)) for pid in mine]
-        later = [m for waiting in self._waiting.values() for m in waiting]
-        if not self._step_staged(consumer, batches, [m for b in batches for m in b.messages],
-                                 later):
-            self._waiting.clear()  # replayed from the committed state, with the failed batch
+        self._step_staged(consumer, batches, [m for b in batches for m in b.messages])
 
     def _usable(self, raw: list[Message]) -> list[Message]:
         """The messages of `raw` without errors (logging the errors that matter)."""
@@ -308,34 +305,31 @@ class BatchLoop:
         self._committed(consumer, batches)
 
     def _step_staged(self, consumer: Consumer, batches: list[MessageBatch],
-                     messages: list[Message], later: list[Message] | None = None) -> bool:
+                     messages: list[Message]) -> None:
         """Compute this batch while the previous one finishes on the commit thread, then
         commit the previous one, then send this one and start its finish (see "No idle waits"
-        in the module docstring). `later`: messages consumed with this batch that are to be
-        processed after it, which replay with it if it fails. Returns False if it failed."""
-        later = later or []
+        in the module docstring)."""
         pending, self._pending = self._pending, None
         try:
             staged = self.pipeline.prepare(batches)
         except Exception as exc:  # noqa: BLE001 - replays from the committed state
             error = self._land(consumer, pending)
             if error is None:
-                self._failed(consumer, exc, messages + later)
+                self._failed(consumer, exc, messages)
             else:  # the previous batch did not commit either: both replay
-                self._failed(consumer, error, pending.messages + messages + later)
-            return False
+                self._failed(consumer, error, pending.messages + messages)
+            return
         error = self._land(consumer, pending)
         if error is not None:
-            self._failed(consumer, error, pending.messages + messages + later)
-            return False
+            self._failed(consumer, error, pending.messages + messages)
+            return
         try:
             staged.send()
         except Exception as exc:  # noqa: BLE001
-            self._failed(consumer, exc, messages + later)
-            return False
+            self._failed(consumer, exc, messages)
+            return
         self._pending = _Pending(staged, messages, batches,
                                  self._committer.submit(staged.finish))
-        return True
 
     def _land(self, consumer: Consumer, pending: _Pending | None) -> Exception | None:
         """Wait for `pending`'s finish; if it committed, commit its Kafka offsets too. Returns
@@ -380,8 +374,12 @@ class BatchLoop:
         self.messages += sum(len(b.messages) for b in batches)
 
     def _rewind(self, consumer: Consumer, failed: Sequence[Message]) -> None:
+        """Rebuild the pipeline's state and seek every partition back to where it resumes: the
+        failed messages and those still waiting for their turn are read again."""
+        waiting = [m for messages in self._waiting.values() for m in messages]
+        self._waiting.clear()
         first: dict[PartitionId, int] = {}
-        for msg in failed:
+        for msg in [*failed, *waiting]:
             first.setdefault(PartitionId(msg.topic(), msg.partition()), msg.offset())
         partitions = sorted(self.assigned)
 
