@@ -356,3 +356,16 @@ def test_per_partition_a_revoked_partition_drops_what_waits_for_it():
     batches._step(consumer)
     assert [line for line in pipeline.log if line.startswith("prepare")] == [
         "prepare p0:10", "prepare p1:10"]
+
+
+def test_per_partition_a_failed_commit_replays_it_the_batch_after_it_and_what_waits():
+    consumer = ScriptedConsumer(partitions(2, 0, 1))
+    pipeline = PerPartitionPipeline(fail="finish p0:10")
+    batches = per_partition_loop(pipeline)
+    batches._step(consumer)
+    batches._step(consumer)
+    assert pipeline.log == ["prepare p0:10", "send p0:10", "prepare p1:10", "finish p0:10",
+                            "revoke", "assign"]
+    assert consumer.commits == []
+    assert consumer.seeks == [("events", 0, 5), ("events", 1, 5), ("events", 2, 5)]
+    assert batches._pending is None and not batches._waiting
