@@ -1,13 +1,12 @@
-"""Vectorised aggregations of many (query, row-range) pairs at once.
+"""Aggregations of many queries at once, each over a window's rows in the sorted `RowTable`.
 
 A query is (entity, time ``t``, visible seq bound, own seq, settled-before time). For one window,
-every query's candidate rows are a contiguous run of the sorted `RowTable`. For a window read row
-by row (`_Selection`), the runs are expanded into one flat ``(query, row)`` list, rows that
-arrived after the query (seq above its bound) are masked out, and each aggregation is a bincount
-/ ``ufunc.reduceat`` over that list. The flat list stays grouped by query and, within a query,
-sorted by (event_time, seq), which is what `last` and `seconds_since_previous` rely on. A long
-window (`slices`) reads its settled whole slices from its `SliceCache` and only the rest row by
-row (`_Pieces`). Empty selections give NaN, except count, distinct_count and sum which give 0.
+every query's candidate rows are a contiguous run of the sorted `RowTable`, in (event_time, seq)
+order; rows that arrived after the query (seq above its bound) do not count. A window read row
+by row (`_Selection`) is aggregated by compiled loops over those runs (`kernels`), which add in
+row order. A long window (`slices`) reads its settled whole slices from its `SliceCache` and
+only the rest row by row (`_Pieces`, numpy over the flat (query, row) list of that rest).
+Empty selections give NaN, except count, distinct_count and sum which give 0.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from driftline.core.features import slices
+from driftline.core.features import kernels, slices
 from driftline.core.features.definitions import Feature
 from driftline.core.features.slices import SliceCache, expand_ranges
 from driftline.core.features.table import RowTable
@@ -45,47 +44,27 @@ class Queries:
 
 
 class _Selection:
-    """The visible rows of every query for one window, flat and grouped by query."""
+    """The rows of every query for one window: the run ``[lo, hi)`` of the sorted table in the
+    query's interval, less the rows that arrived after it (seq above its visible bound). Each
+    aggregate is one compiled pass over the runs (`kernels`), in row order."""
 
     def __init__(self, table: RowTable, queries: Queries, window: Window) -> None:
         start, end = window.interval(queries.time)
-        lo, hi = table.ranges(queries.entity, start, end)
-        n = len(queries)
-        query, rows = expand_ranges(lo, hi)
-        visible = table.seq[rows] <= queries.visible_seq[query]
-        self.query, self.rows = query[visible], rows[visible]
-        self.n = n
+        self.lo, self.hi = table.ranges(queries.entity, start, end)
+        self.n = len(queries)
         self.table, self.queries = table, queries
-        self.counts = np.bincount(self.query, minlength=n)
-        self.ends = np.cumsum(self.counts)
-        self.nonempty = self.counts > 0
-        self.lo, self.hi = lo, hi
+        self.runs = (self.lo, self.hi, table.seq, queries.visible_seq)
+        self.counts = kernels.count(*self.runs)
         self.sums: dict[str, np.ndarray] = {}  # sum is shared by sum, mean and std
-        self.columns: dict[str, np.ndarray] = {}  # and a field's values by all its features
-
-    def column(self, field: str) -> np.ndarray:
-        if field not in self.columns:
-            self.columns[field] = self.table.values[field][self.rows]
-        return self.columns[field]
-
-    def nan(self) -> np.ndarray:
-        return np.full(self.n, np.nan)
 
     def sum(self, field: str) -> np.ndarray:
         if field not in self.sums:
-            self.sums[field] = np.bincount(self.query, self.column(field), minlength=self.n)
+            self.sums[field] = kernels.total(*self.runs, self.table.values[field])
         return self.sums[field]
 
     def mean(self, field: str) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
             return self.sum(field) / self.counts
-
-    def reduce(self, ufunc: np.ufunc, field: str) -> np.ndarray:
-        out = self.nan()
-        starts = (self.ends - self.counts)[self.nonempty]
-        if len(starts):
-            out[self.nonempty] = ufunc.reduceat(self.column(field), starts)
-        return out
 
 
 def _count(sel: _Selection, feature: Feature) -> np.ndarray:
@@ -101,54 +80,35 @@ def _mean(sel: _Selection, feature: Feature) -> np.ndarray:
 
 
 def _min(sel: _Selection, feature: Feature) -> np.ndarray:
-    return sel.reduce(np.minimum, feature.field)
+    return kernels.extreme(*sel.runs, sel.table.values[feature.field], False)
 
 
 def _max(sel: _Selection, feature: Feature) -> np.ndarray:
-    return sel.reduce(np.maximum, feature.field)
+    return kernels.extreme(*sel.runs, sel.table.values[feature.field], True)
 
 
 def _std(sel: _Selection, feature: Feature) -> np.ndarray:
     # Two passes (mean, then squared deviations): the one-pass E[x^2] - E[x]^2 form loses most
     # digits when the spread is small next to the mean, which is typical for amounts.
     mean = sel.mean(feature.field)
-    deviation = sel.column(feature.field) - mean[sel.query]
+    m2 = kernels.squared_deviations(*sel.runs, sel.table.values[feature.field], mean)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.sqrt(np.bincount(sel.query, deviation * deviation, minlength=sel.n) / sel.counts)
+        return np.sqrt(m2 / sel.counts)
 
 
 def _distinct_count(sel: _Selection, feature: Feature) -> np.ndarray:
-    return count_distinct(sel.query, sel.column(feature.field), sel.n)
-
-
-def count_distinct(query: np.ndarray, codes: np.ndarray, n: int) -> np.ndarray:
-    """Distinct ``codes`` per query (``query`` ids ``0..n-1``, in any order), as float64."""
-    owner, _ = slices.distinct_pairs(query, codes, n)
-    return np.bincount(owner, minlength=n).astype(np.float64)
+    return kernels.distinct(*sel.runs, sel.table.values[feature.field])
 
 
 def _last(sel: _Selection, feature: Feature) -> np.ndarray:
-    out = sel.nan()
-    out[sel.nonempty] = sel.column(feature.field)[sel.ends[sel.nonempty] - 1]
-    return out
+    return kernels.last(*sel.runs, sel.table.values[feature.field])
 
 
 def _seconds_since_previous(sel: _Selection, feature: Feature) -> np.ndarray:
-    # The previous row is the last of the query's run that is visible and not its own: walk
-    # back from the run's end past invisible rows and the own row. Only the current batch's
-    # rows can be invisible, so this takes a few steps, not one per row of the window.
-    seq, queries = sel.table.seq, sel.queries
-    row = sel.hi - 1
-    active = np.flatnonzero(row >= sel.lo)
-    while len(active):
-        r = row[active]
-        skip = (seq[r] > queries.visible_seq[active]) | (seq[r] == queries.own_seq[active])
-        active = active[skip]
-        row[active] -= 1
-        active = active[row[active] >= sel.lo[active]]
-    has = row >= sel.lo
-    out = sel.nan()
-    out[has] = (queries.time[has] - sel.table.time[row[has]]) / 1000.0
+    row = kernels.previous(*sel.runs, sel.queries.own_seq)
+    has = row >= 0
+    out = np.full(sel.n, np.nan)
+    out[has] = (sel.queries.time[has] - sel.table.time[row[has]]) / 1000.0
     return out
 
 
