@@ -492,8 +492,8 @@ def _exact_latencies(delivered: list[tuple[int, int, int]],
 
 
 # -- Driftline phases --------------------------------------------------------------------------
-WORKER_PER_EVENT = ("Avro decode + validate, 19 features (numpy engine), Parquet (events + "
-                    "features), 1 Avro FeatureRecord produced, Redis MULTI (online values, "
+WORKER_PER_EVENT = ("Avro decode + validate, 19 features (numpy + compiled loops), Parquet (events "
+                    "+ features), 1 Avro FeatureRecord produced, Redis MULTI (online values, "
                     "state, offsets) per partition batch")
 
 
