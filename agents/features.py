@@ -135,11 +135,7 @@ class FeatureStage:
 
     def send(self, staged: StagedFeatures) -> None:
         """Step 2: produce the batch's FeatureRecords (not yet acknowledged)."""
-        produce, topic = self.producer.produce, self.features_topic
-        for n, (message, key) in enumerate(zip(staged.records, staged.keys, strict=True)):
-            produce(topic, message, key=key)
-            if n % 5000 == 4999:
-                self.producer.poll(0)  # serve delivery reports before the queue fills
+        self.producer.produce_many(self.features_topic, staged.records, staged.keys)
 
     def finish(self, staged: StagedFeatures) -> None:
         """Steps 3 to 5: once every record is acknowledged, the pending files, then the commit

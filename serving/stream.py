@@ -232,7 +232,6 @@ class ScoredBatch:
     def send(self) -> None:
         """Produce the predictions in the order of their records."""
         pipeline, messages = self.pipeline, self.messages
-        produce = pipeline.producer.produce
         for topic, parts in ((pipeline.predictions_topic, self.published),
                              (pipeline.shadow_topic, self.shadowed)):
             if not parts:
@@ -240,8 +239,8 @@ class ScoredBatch:
             positions = np.concatenate([where for where, _ in parts])
             predictions = [p for _, part in parts for p in part]
             order = np.argsort(positions, kind="stable")
-            for i, k in zip(positions[order].tolist(), order.tolist(), strict=True):
-                produce(topic, predictions[k], key=messages[i].key())
+            pipeline.producer.produce_many(topic, [predictions[k] for k in order.tolist()],
+                                           [messages[i].key() for i in positions[order].tolist()])
 
     @staticmethod
     def _count(parts: list[tuple[np.ndarray, list[bytes]]]) -> int:

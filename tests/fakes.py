@@ -6,6 +6,7 @@ keeps what a stage produced and can be told to fail its next flush, like a broke
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from driftline.adapters.batch_loop import MessageBatch, group_by_partition
@@ -65,6 +66,10 @@ class RecordingProducer:
 
     def produce(self, topic: str, value: bytes, key: bytes | None = None, **_: object) -> None:
         self.produced.append((topic, value, key))
+
+    def produce_many(self, topic: str, values: Sequence[bytes],
+                     keys: Sequence[bytes | None]) -> None:
+        self.produced += [(topic, value, key) for value, key in zip(values, keys, strict=True)]
 
     def poll(self, timeout: float = 0) -> int:
         return 0

@@ -241,8 +241,12 @@ def test_checked_producer_waits_for_queue_room_and_reports_delivery(settings):
     producer = make_producer(settings, **{"queue.buffering.max.messages": 5, "linger.ms": 0})
     for i in range(200):  # a plain Producer raises BufferError at the 6th
         producer.produce(settings.topic_labels, b"x", key=str(i).encode())
+    keys = [str(i).encode() for i in range(200, 400)]
+    producer.produce_many(settings.topic_labels, [b"y"] * len(keys), keys)  # the same, in bulk
     producer.flush_or_raise()
-    assert len(consume_all(settings.kafka_bootstrap, settings.topic_labels, 200)) == 200
+    got = consume_all(settings.kafka_bootstrap, settings.topic_labels, 400, linger=1.0)
+    assert len(got) == 400
+    assert sorted(m.key() for m in got if m.value() == b"y") == sorted(keys)  # each exactly once
 
 
 def test_checked_producer_raises_when_deliveries_fail(settings):
