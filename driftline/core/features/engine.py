@@ -52,6 +52,13 @@ NO_TIME = -(2**62)  # "no event yet"; far from int64 min so subtracting a latene
 _ALWAYS_VISIBLE = np.iinfo(np.int64).max
 
 
+def fields_read(view: FeatureView) -> set[str]:
+    """The source fields whose values some feature of `view` aggregates (count and
+    seconds_since_previous read event times alone)."""
+    return {f.field for f in view.features
+            if f.field is not None and f.aggregation not in ("count", "seconds_since_previous")}
+
+
 @dataclass(frozen=True)
 class EventBatch:
     """Columnar events of one partition in arrival order."""
@@ -77,11 +84,12 @@ class EventBatch:
     def from_records(
         cls, records: Sequence[Mapping[str, object]], seqs: Sequence[int], view: FeatureView
     ) -> EventBatch:
-        """Build a batch from dict-like raw events using the view's entity key and source."""
-        source = view.source
+        """Build a batch from dict-like raw events using the view's entity key and source;
+        ``fields`` holds the source fields some feature reads (`fields_read`)."""
+        source, read = view.source, fields_read(view)
         fields = {}
         for name, kind in source.fields.items():
-            if name == view.entity.key or not all(name in r for r in records):
+            if name not in read or not all(name in r for r in records):
                 continue  # absent optional fields only matter if a feature needs them
             column = [r[name] for r in records]
             fields[name] = np.asarray(column, dtype=np.float64 if kind == "numeric" else str)
@@ -101,11 +109,12 @@ class EventBatch:
     ) -> EventBatch:
         """Build a batch from raw-event columns (``ColumnarDecoder`` output), equal to what
         `from_records` builds from the same events as dicts; a source field without a column
-        is left out, as `from_records` leaves out a field some record lacks."""
-        source = view.source
+        is left out, as `from_records` leaves out a field some record lacks. Only the fields
+        some feature reads are converted (a batch's ids and slice strings are not)."""
+        source, read = view.source, fields_read(view)
         fields = {}
         for name, kind in source.fields.items():
-            if name == view.entity.key or name not in columns:
+            if name not in read or name not in columns:
                 continue
             dtype = np.float64 if kind == "numeric" else str
             fields[name] = np.asarray(columns[name], dtype=dtype)

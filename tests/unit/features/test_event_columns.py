@@ -68,11 +68,17 @@ def test_the_engine_computes_the_same_values_from_either_batch():
 
 def test_a_missing_column_is_left_out_as_a_missing_record_field_is():
     records, _, _ = _both_ways(5)
-    without = [{k: v for k, v in r.items() if k != "segment"} for r in records]
+    without = [{k: v for k, v in r.items() if k != "merchant_id"} for r in records]
     columns = {name: [r[name] for r in without] for name in without[0]}  # lists do too
     assert_same_batch(EventBatch.from_records(without, range(5), VIEW),
                       EventBatch.from_columns(columns, range(5), VIEW))
-    assert "segment" not in EventBatch.from_columns(columns, range(5), VIEW).fields
+    assert "merchant_id" not in EventBatch.from_columns(columns, range(5), VIEW).fields
+
+
+def test_only_the_fields_some_feature_reads_are_carried():
+    records, by_records, by_columns = _both_ways(5)
+    assert set(by_records.fields) == set(by_columns.fields) == {"amount", "merchant_id"}
+    assert {"event_id", "segment", "channel"} <= set(records[0])  # in the events, not read
 
 
 def test_an_empty_batch():
