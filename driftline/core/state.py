@@ -13,8 +13,11 @@ atomically through a :class:`StateBackend`. That commit is the stage's commit po
 - **Ownership epochs fence zombies.** Assigning a partition claims it (a new, larger epoch); a
   commit succeeds only while every partition in it still carries the epoch this owner claimed,
   checked atomically with the writes. Otherwise it raises :class:`Fenced` and writes nothing.
-- **Logs stay short.** A store's log is a snapshot followed by deltas; after ``compact_every``
-  deltas the transaction replaces the log with one fresh snapshot.
+- **Logs stay short.** A store's log is a snapshot followed by deltas; once the deltas weigh
+  ``compact_ratio`` times the snapshot (in array bytes), or after ``compact_every`` entries, the
+  transaction replaces the log with one fresh snapshot. Weighing makes a snapshot's cost (the
+  whole state) amortised over a fixed multiple of delta bytes, however often a stage commits:
+  small frequent commits (a partition's turn at low load) no longer snapshot more often.
 - **Side files follow the commit.** Files written before the commit are *pending*; they are
   published after it, and on assignment :class:`PendingFiles` settles them against the last
   commit record (publish that batch's, delete the rest).
@@ -44,8 +47,34 @@ from driftline.core.online import MemoryOnlineStore, OnlineWrite, StoreUnavailab
 
 Snapshot = Mapping[str, np.ndarray]
 
-# A store's log is compacted into one snapshot after this many deltas.
-COMPACT_EVERY = 200
+# A store's log is compacted into one snapshot once its deltas weigh this many times its first
+# entry (the last snapshot), or once it holds this many entries (bounding what a restore reads).
+COMPACT_RATIO = 4.0
+COMPACT_EVERY = 1000
+
+
+@dataclass(frozen=True)
+class _LogSize:
+    """A store log's entries, its first entry's array bytes and the bytes of the rest."""
+
+    entries: int
+    first_bytes: int
+    delta_bytes: int
+
+    @classmethod
+    def of(cls, log: Sequence[Snapshot]) -> _LogSize:
+        if not log:
+            return cls(0, 0, 0)
+        return cls(len(log), _nbytes(log[0]), sum(map(_nbytes, log[1:])))
+
+    def add(self, nbytes: int) -> _LogSize:
+        if not self.entries:  # the first entry is what later ones are weighed against
+            return _LogSize(1, nbytes, 0)
+        return _LogSize(self.entries + 1, self.first_bytes, self.delta_bytes + nbytes)
+
+
+def _nbytes(piece: Snapshot) -> int:
+    return sum(np.asarray(value).nbytes for value in piece.values())
 
 
 class Fenced(RuntimeError):
@@ -91,7 +120,7 @@ class Transaction:
     offsets: dict[tuple[str, int], CommitRecord] = field(default_factory=dict)
     online: list[OnlineWrite] = field(default_factory=list)
     pending: list[Any] = field(default_factory=list)  # published after the commit
-    _lengths: dict[tuple[str, int], int] = field(default_factory=dict)
+    _lengths: dict[tuple[str, int], _LogSize] = field(default_factory=dict)
 
     def consumed(self, topic: str, partition: int, first_offset: int, last_offset: int) -> None:
         """This batch consumed `topic`/`partition` from `first_offset` to `last_offset`."""
@@ -163,16 +192,20 @@ class PartitionState:
     """The exactly-once state of one stage: its partitions' epochs, offsets and store logs."""
 
     def __init__(self, backend: StateBackend, topics: Sequence[str], stores: Sequence[str],
-                 files: PendingFiles | None = None, compact_every: int = COMPACT_EVERY) -> None:
+                 files: PendingFiles | None = None, compact_every: int = COMPACT_EVERY,
+                 compact_ratio: float = COMPACT_RATIO) -> None:
         if compact_every < 1:
             raise ValueError(f"compact_every must be >= 1, got {compact_every}")
+        if compact_ratio <= 0:
+            raise ValueError(f"compact_ratio must be > 0, got {compact_ratio}")
         self.backend = backend
         self.topics = list(topics)
         self.stores = list(stores)
         self.files = files
         self.compact_every = compact_every
+        self.compact_ratio = compact_ratio
         self.epochs: dict[int, int] = {}
-        self._lengths: dict[tuple[str, int], int] = {}  # entries in each store's log
+        self._lengths: dict[tuple[str, int], _LogSize] = {}  # each store's log, sized
 
     def assign(self, partitions: Iterable[int]) -> dict[int, Restored]:
         """Claim each partition, load its committed state and settle its pending files."""
@@ -183,7 +216,7 @@ class PartitionState:
             state.epoch = epoch  # backends load what was committed; the claim is ours
             self.epochs[p] = epoch
             for store in self.stores:
-                self._lengths[(store, p)] = len(state.logs.get(store, []))
+                self._lengths[(store, p)] = _LogSize.of(state.logs.get(store, []))
             if self.files is not None:
                 self.files.settle(state)
             restored[p] = state
@@ -219,13 +252,15 @@ class PartitionState:
         key = (store, partition)
         if key not in self._lengths:
             raise KeyError(f"unknown store {store!r} or partition {partition} not assigned")
-        length = txn._lengths.get(key, self._lengths[key])
-        if length >= self.compact_every:
-            txn.logs.append(LogWrite(partition, store, snapshot(), replace=True))
-            txn._lengths[key] = 1
+        size = txn._lengths.get(key, self._lengths[key])
+        if (size.entries >= self.compact_every
+                or size.delta_bytes >= self.compact_ratio * size.first_bytes > 0):
+            fresh = snapshot()
+            txn.logs.append(LogWrite(partition, store, fresh, replace=True))
+            txn._lengths[key] = _LogSize(1, _nbytes(fresh), 0)
         else:
             txn.logs.append(LogWrite(partition, store, delta, replace=False))
-            txn._lengths[key] = length + 1
+            txn._lengths[key] = size.add(_nbytes(delta))
 
     def commit(self, txn: Transaction) -> None:
         """Apply `txn` atomically (raises :class:`Fenced` if we lost a partition), then publish

@@ -155,6 +155,45 @@ def test_compaction_counts_survive_a_new_owner(kit):
     assert_log(kit.state().assign([0])[0].logs["a"], [arrays(40)])
 
 
+def rows(i: int, n: int) -> dict[str, np.ndarray]:
+    """A log entry of `n` rows (16 bytes each)."""
+    return {"time": np.arange(n, dtype=np.int64) + i, "x": np.full(n, i / 2)}
+
+
+def commit_rows(state: PartitionState, i: int, n: int, snapshot_rows: int = 5_000) -> None:
+    txn = state.begin([0])
+    state.append(txn, 0, "a", rows(i, n), lambda: rows(-i, snapshot_rows))
+    txn.consumed(TOPIC, 0, i, i)
+    state.commit(txn)
+
+
+def test_a_log_is_compacted_once_its_deltas_outweigh_its_first_entry(kit):
+    """Weighed, not counted: 1,000 rows first, then deltas of 100 rows; with ratio 2 the 21st
+    delta finds 20 deltas (2,000 rows) behind it and writes a snapshot instead."""
+    def state():
+        return PartitionState(kit.backend, topics=(TOPIC,), stores=("a", "b"),
+                              compact_every=1_000, compact_ratio=2.0)
+
+    first = state()
+    first.assign([0])
+    commit_rows(first, 0, 1_000)
+    for i in range(1, 11):
+        commit_rows(first, i, 100)
+    successor = state()  # takes over half way: it weighs the log it loads
+    assert len(successor.assign([0])[0].logs["a"]) == 11
+    for i in range(11, 21):
+        commit_rows(successor, i, 100)
+    def log() -> list:  # read without claiming the partition from its owner
+        return kit.backend.load(0, [TOPIC], ["a", "b"]).logs["a"]
+
+    assert len(log()) == 21  # 1,000 rows and 20 x 100
+    commit_rows(successor, 21, 100, snapshot_rows=5_000)
+    assert_log(log(), [rows(-21, 5_000)])
+    for i in range(22, 32):  # weighed against the 5,000-row snapshot now: no compaction yet
+        commit_rows(successor, i, 100)
+    assert len(log()) == 11
+
+
 def test_a_claim_fences_the_earlier_owner_and_its_commit_writes_nothing(kit):
     zombie, owner = kit.state(), kit.state()
     zombie.assign([0])
