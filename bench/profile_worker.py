@@ -30,8 +30,10 @@ from driftline.settings import Settings
 
 # (label, file suffix, function name) of the stages worth a line of their own.
 STAGES = [
-    ("decode + validate (Decoder.decode_many)", "core/codec/decoder.py", "decode_many"),
-    ("records -> columns (EventBatch.from_records)", "core/features/engine.py", "from_records"),
+    ("decode + validate into columns (ColumnarDecoder.decode_columns)", "core/codec/columnar.py",
+     "decode_columns"),
+    ("columns -> engine batch (EventBatch.from_columns)", "core/features/engine.py",
+     "from_columns"),
     ("feature engine (FeatureEngine.process)", "core/features/engine.py", "process"),
     ("Parquet writes (OfflineStore.write)", "adapters/offline_store.py", "write"),
     ("FeatureRecord encode (_encode)", "agents/features.py", "_encode"),
