@@ -12,7 +12,8 @@ Every function adds, compares and walks in exactly the order the numpy formulati
 rows of a run in table order, i.e. (event_time, seq) order; ``np.bincount`` adds its weights in
 input order, ``np.maximum.reduceat`` folds from the left), with strict IEEE arithmetic (no
 ``fastmath``), so the values are bit for bit those of that formulation
-(``tests/unit/features/test_kernels.py`` checks it on random runs). Numba compiles them on first
+(``tests/unit/features/test_kernels.py`` checks the short-window loops on random runs; the
+engine's oracle and bitwise-batching tests cover the long-window ones). Numba compiles them on first
 use and caches the machine code next to this file (``__pycache__``), so a process pays the
 compilation once per machine, not per start.
 """

@@ -67,10 +67,6 @@ def take(stats: Stats, index: np.ndarray) -> Stats:
     return {name: values[index] for name, values in stats.items()}
 
 
-def concat(parts: Sequence[Stats]) -> Stats:
-    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-
-
 @dataclass(frozen=True)
 class StatsPlan:
     """Which aggregates of which fields a window's features need."""
