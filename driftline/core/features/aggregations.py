@@ -160,11 +160,16 @@ class _Pieces:
         return self._fields[field]
 
     def count(self) -> np.ndarray:
-        if not self._fields:  # any numeric field's pass counts; with none, a pass over time
-            return kernels.sliced(*self.pieces, self.table.time, self.width,
-                                  self.table.time.astype(np.float64), self.cache.stats["count"],
-                                  *[self.cache.stats["count"].astype(np.float64)] * 5)[0]
-        return next(iter(self._fields.values()))[0]
+        """Rows per query. Any field's pass counts them: the plan's first field, whose pass the
+        window's other features then reuse; a window of counts alone passes over the times."""
+        plan = self.cache.plan
+        fields = [*plan.sums, *plan.m2, *plan.maxima, *plan.minima, *plan.last]
+        if fields:
+            return self._field(fields[0])[0]
+        count = self.cache.stats["count"]
+        return kernels.sliced(*self.pieces, self.table.time, self.width,
+                              self.table.time.astype(np.float64), count,
+                              *[count.astype(np.float64)] * 5)[0]
 
     def sum(self, field: str) -> np.ndarray:
         return self._field(field)[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,9 +32,10 @@ LONG_WINDOWS = {"r8h": "{kind: rolling, size: 8h}", "r6h": "{kind: rolling, size
 FIELD_OF = {"distinct_count": "merchant_id", "count": None, "seconds_since_previous": None}
 
 
-def _every_aggregation_yaml(windows: dict[str, str] = WINDOWS) -> str:
+def _every_aggregation_yaml(windows: dict[str, str] = WINDOWS,
+                            aggregations: Sequence[str] = AGGREGATIONS) -> str:
     features = []
-    for (wname, window), agg in itertools.product(windows.items(), AGGREGATIONS):
+    for (wname, window), agg in itertools.product(windows.items(), aggregations):
         field = FIELD_OF.get(agg, "amount")
         field_line = f", field: {field}" if field else ""
         features.append(f"  {agg}_{wname}: {{aggregation: {agg}{field_line}, window: {window}}}")
@@ -183,6 +185,19 @@ def test_matches_oracle_for_any_batching(view_name, cached_from, every_view, lon
         assert_online_equal(final, oracle.final_online)
     for actual, expected in zip(per_batch, oracle.batch_online, strict=True):
         assert_online_equal(actual, expected)
+
+
+def test_a_long_window_without_a_value_field_matches_the_oracle(stream, tmp_path, monkeypatch):
+    """Counts and gaps alone read no field: the window's count takes a pass of its own."""
+    cache_every_entity(monkeypatch, 0)
+    path = tmp_path / "counts.yaml"
+    path.write_text(_every_aggregation_yaml(LONG_WINDOWS, ["count", "seconds_since_previous"]))
+    view = load_definitions(path).view("every")
+    oracle = run_oracle(view, stream, [len(stream)])
+    applied, values, _, final = run(FeatureEngine(view), to_batch(stream), [len(stream)])
+    np.testing.assert_array_equal(~applied, oracle.late)
+    np.testing.assert_allclose(values, oracle.values, rtol=1e-9, atol=1e-9)
+    assert_online_equal(final, oracle.final_online)
 
 
 def test_every_aggregation_and_window_is_exercised(every_view, stream):
