@@ -64,6 +64,10 @@ class CheckedProducer(Producer):
 
     ``flush()`` returning 0 only means the queue drained; a delivery can still have failed, and
     offsets must not be committed past a batch whose output did not land.
+
+    Delivery reports come for failed messages only (``delivery.report.only.error``), so a
+    per-message ``on_delivery`` sees only failures too; a caller that needs every report (the
+    partition each message landed in) passes ``delivery.report.only.error=False``.
     """
 
     def __init__(self, config: dict[str, Any]) -> None:

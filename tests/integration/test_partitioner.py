@@ -16,7 +16,8 @@ KEYS = [f"card-{i:06d}" for i in range(300)] + ["é-ünï", "x" * 70, "a", "ab",
 @pytest.mark.parametrize("partitioner", PARTITIONERS)
 def test_the_producer_places_every_key_where_readers_look(settings, partitioner):
     settings = settings.replace(partitioner=partitioner)
-    producer = kafka.make_producer(settings)
+    # Every delivery's report, not only the failed ones' (CheckedProducer's default).
+    producer = kafka.make_producer(settings, **{"delivery.report.only.error": False})
     placed: dict[str, int] = {}
 
     def delivered(err, msg) -> None:
