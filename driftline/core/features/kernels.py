@@ -24,6 +24,28 @@ import numpy as np
 from numba import njit
 
 _JIT = {"cache": True, "error_model": "numpy"}
+_NO_SEQ = np.iinfo(np.int64).min  # a seq no row has: `_last_visible` skips nothing
+
+
+@njit(**_JIT)
+def _maximum(a, b):  # pragma: no cover - compiled
+    """``np.maximum(a, b)``: `a` unless `b` is greater, or `b` is NaN and `a` is not."""
+    return a if a >= b or a != a else b
+
+
+@njit(**_JIT)
+def _minimum(a, b):  # pragma: no cover - compiled
+    """``np.minimum(a, b)``, the same way round."""
+    return a if a <= b or a != a else b
+
+
+@njit(**_JIT)
+def _last_visible(a, b, seq, bound, skip):  # pragma: no cover - compiled
+    """The last row of ``[a, b)`` with ``seq <= bound`` and ``seq != skip``; -1 for none."""
+    for r in range(b - 1, a - 1, -1):
+        if seq[r] <= bound and seq[r] != skip:
+            return r
+    return -1
 
 
 @njit(**_JIT)
@@ -79,11 +101,8 @@ def extreme(lo, hi, seq, visible, x, greatest):  # pragma: no cover - compiled
                 v = x[r]
                 if not found:
                     m, found = v, True
-                elif greatest:
-                    if not (m >= v or m != m):
-                        m = v
-                elif not (m <= v or m != m):
-                    m = v
+                else:
+                    m = _maximum(m, v) if greatest else _minimum(m, v)
         out[q] = m
     return out
 
@@ -93,11 +112,9 @@ def last(lo, hi, seq, visible, x):  # pragma: no cover - compiled
     """``x`` of each query's last visible row (its greatest (event_time, seq)); NaN for none."""
     out = np.full(len(lo), np.nan)
     for q in range(len(lo)):
-        bound = visible[q]
-        for r in range(hi[q] - 1, lo[q] - 1, -1):
-            if seq[r] <= bound:
-                out[q] = x[r]
-                break
+        r = _last_visible(lo[q], hi[q], seq, visible[q], _NO_SEQ)
+        if r >= 0:
+            out[q] = x[r]
     return out
 
 
@@ -127,13 +144,9 @@ def distinct(lo, hi, seq, visible, codes):  # pragma: no cover - compiled
 def previous(lo, hi, seq, visible, own):  # pragma: no cover - compiled
     """Each query's last visible row other than its own event's (``seq == own``), -1 for none:
     the row `seconds_since_previous` measures from."""
-    out = np.full(len(lo), -1, dtype=np.int64)
+    out = np.empty(len(lo), dtype=np.int64)
     for q in range(len(lo)):
-        bound, mine = visible[q], own[q]
-        for r in range(hi[q] - 1, lo[q] - 1, -1):
-            if seq[r] <= bound and seq[r] != mine:
-                out[q] = r
-                break
+        out[q] = _last_visible(lo[q], hi[q], seq, visible[q], own[q])
     return out
 
 
@@ -164,10 +177,7 @@ def _row_pieces(a, b, bound, seq, time, width, x, count, total, m2, low, high, f
                 if c == 0:
                     lo, hi = v, v
                 else:
-                    if not (hi >= v or hi != hi):
-                        hi = v
-                    if not (lo <= v or lo != lo):
-                        lo = v
+                    lo, hi = _minimum(lo, v), _maximum(hi, v)
                 c += 1
                 s += v
                 last = v
@@ -221,10 +231,7 @@ def sliced(lo1, hi1, clo, chi, lo2, hi2, seq, visible, time, width, x,
             between = total[p] / count[p] - mean
             d2 += m2[p] + count[p] * between * between
             if p:
-                if not (hi >= high[p] or hi != hi):
-                    hi = high[p]
-                if not (lo <= low[p] or lo != lo):
-                    lo = low[p]
+                lo, hi = _minimum(lo, low[p]), _maximum(hi, high[p])
         out_count[q], out_sum[q], out_m2[q] = c, s, d2
         out_min[q], out_max[q], out_last[q] = lo, hi, final[k - 1]
     return out_count, out_sum, out_m2, out_min, out_max, out_last
@@ -238,20 +245,11 @@ def sliced_previous(lo1, hi1, clo, chi, lo2, hi2, seq, visible, own, time,
     edge) that is not its own; `none` where there is neither."""
     out = np.full(len(lo1), none, dtype=np.int64)
     for q in range(len(lo1)):
-        best = none
-        if chi[q] > clo[q]:
-            best = c_last_time[chi[q] - 1]
-        bound, mine, found = visible[q], own[q], False
-        for r in range(hi2[q] - 1, lo2[q] - 1, -1):
-            if seq[r] <= bound and seq[r] != mine:
-                best, found = max(best, time[r]), True
-                break
-        if not found:
-            for r in range(hi1[q] - 1, lo1[q] - 1, -1):
-                if seq[r] <= bound and seq[r] != mine:
-                    best = max(best, time[r])
-                    break
-        out[q] = best
+        best = c_last_time[chi[q] - 1] if chi[q] > clo[q] else none
+        r = _last_visible(lo2[q], hi2[q], seq, visible[q], own[q])  # the tail's, else the edge's
+        if r < 0:
+            r = _last_visible(lo1[q], hi1[q], seq, visible[q], own[q])
+        out[q] = max(best, time[r]) if r >= 0 else best
     return out
 
 
