@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from driftline.core.features.aggregations import Queries, evaluate
-from driftline.core.features.definitions import FeatureView
+from driftline.core.features.definitions import FIELDLESS_AGGREGATIONS, FeatureView
 from driftline.core.features.slices import caches_for
 from driftline.core.features.table import RowTable
 from driftline.core.features.vocabulary import Vocabulary
@@ -56,7 +56,7 @@ def fields_read(view: FeatureView) -> set[str]:
     """The source fields whose values some feature of `view` aggregates (count and
     seconds_since_previous read event times alone)."""
     return {f.field for f in view.features
-            if f.field is not None and f.aggregation not in ("count", "seconds_since_previous")}
+            if f.field is not None and f.aggregation not in FIELDLESS_AGGREGATIONS}
 
 
 @dataclass(frozen=True)
@@ -155,8 +155,7 @@ class FeatureEngine:
             {
                 f.field
                 for f in view.features
-                if f.field_type == "numeric"
-                and f.aggregation not in ("count", "seconds_since_previous")
+                if f.field_type == "numeric" and f.aggregation not in FIELDLESS_AGGREGATIONS
             }
         )
         self._strings = sorted(
