@@ -120,7 +120,7 @@ class Transaction:
     offsets: dict[tuple[str, int], CommitRecord] = field(default_factory=dict)
     online: list[OnlineWrite] = field(default_factory=list)
     pending: list[Any] = field(default_factory=list)  # published after the commit
-    _lengths: dict[tuple[str, int], _LogSize] = field(default_factory=dict)
+    _sizes: dict[tuple[str, int], _LogSize] = field(default_factory=dict)
 
     def consumed(self, topic: str, partition: int, first_offset: int, last_offset: int) -> None:
         """This batch consumed `topic`/`partition` from `first_offset` to `last_offset`."""
@@ -205,7 +205,7 @@ class PartitionState:
         self.compact_every = compact_every
         self.compact_ratio = compact_ratio
         self.epochs: dict[int, int] = {}
-        self._lengths: dict[tuple[str, int], _LogSize] = {}  # each store's log, sized
+        self._sizes: dict[tuple[str, int], _LogSize] = {}  # each store log's entries and bytes
 
     def assign(self, partitions: Iterable[int]) -> dict[int, Restored]:
         """Claim each partition, load its committed state and settle its pending files."""
@@ -216,7 +216,7 @@ class PartitionState:
             state.epoch = epoch  # backends load what was committed; the claim is ours
             self.epochs[p] = epoch
             for store in self.stores:
-                self._lengths[(store, p)] = _LogSize.of(state.logs.get(store, []))
+                self._sizes[(store, p)] = _LogSize.of(state.logs.get(store, []))
             if self.files is not None:
                 self.files.settle(state)
             restored[p] = state
@@ -226,7 +226,7 @@ class PartitionState:
         for p in partitions:
             self.epochs.pop(p, None)
             for store in self.stores:
-                self._lengths.pop((store, p), None)
+                self._sizes.pop((store, p), None)
 
     def begin(self, partitions: Iterable[int]) -> Transaction:
         """A transaction over `partitions`, all of which this owner must still hold: a fenced
@@ -250,25 +250,25 @@ class PartitionState:
         """Add `delta` to the store's log in `txn`, or, when the log is due for compaction,
         replace the log with ``snapshot()`` (the store's whole state after this batch)."""
         key = (store, partition)
-        if key not in self._lengths:
+        if key not in self._sizes:
             raise KeyError(f"unknown store {store!r} or partition {partition} not assigned")
-        size = txn._lengths.get(key, self._lengths[key])
+        size = txn._sizes.get(key, self._sizes[key])
         if (size.entries >= self.compact_every
                 or size.delta_bytes >= self.compact_ratio * size.first_bytes > 0):
             fresh = snapshot()
             txn.logs.append(LogWrite(partition, store, fresh, replace=True))
-            txn._lengths[key] = _LogSize(1, _nbytes(fresh), 0)
+            txn._sizes[key] = _LogSize(1, _nbytes(fresh), 0)
         else:
             txn.logs.append(LogWrite(partition, store, delta, replace=False))
-            txn._lengths[key] = size.add(_nbytes(delta))
+            txn._sizes[key] = size.add(_nbytes(delta))
 
     def commit(self, txn: Transaction) -> None:
         """Apply `txn` atomically (raises :class:`Fenced` if we lost a partition), then publish
         its pending files. A crash between the two is finished by the next assignment."""
         self.backend.commit(txn)
-        for key, length in txn._lengths.items():
-            if key in self._lengths:
-                self._lengths[key] = length
+        for key, size in txn._sizes.items():
+            if key in self._sizes:
+                self._sizes[key] = size
         if self.files is not None and txn.pending:
             self.files.publish(txn.pending)
 
