@@ -152,11 +152,13 @@ class _Pieces:
         """(count, sum, squared deviations, min, max, last) of `field` per query."""
         if field not in self._fields:
             stats = self.cache.stats
-            unused = stats["count"].astype(np.float64)  # for what the plan does not keep
+            names = [f"{kind}:{field}" for kind in ("sum", "m2", "min", "max", "last")]
+            unused = None  # stands for what the plan does not keep (made only if needed)
+            if not all(name in stats for name in names):
+                unused = stats["count"].astype(np.float64)
             self._fields[field] = kernels.sliced(
                 *self.pieces, self.table.time, self.width, self.table.values[field],
-                stats["count"], *(stats.get(f"{kind}:{field}", unused)
-                                  for kind in ("sum", "m2", "min", "max", "last")))
+                stats["count"], *(stats.get(name, unused) for name in names))
         return self._fields[field]
 
     def count(self) -> np.ndarray:
