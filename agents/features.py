@@ -192,11 +192,9 @@ class FeatureStage:
         if encoder is None:
             encoder = self.encoders[view.name] = FeatureRecordEncoder(
                 view.name, view.version, view.feature_names, view.slices, self.schemas)
-        entities = rows.as_str(view.entity.key)
-        messages = encoder.encode_batch(
-            rows.as_str("event_id"), entities, rows[view.source.event_time_field],
-            values, [rows.as_str(s) for s in view.slices])
-        return messages, [entity.encode() for entity in entities]
+        return encoder.encode_keyed(
+            rows.as_str("event_id"), rows.as_str(view.entity.key),
+            rows[view.source.event_time_field], values, [rows.as_str(s) for s in view.slices])
 
 
 @dataclass
