@@ -63,7 +63,7 @@ def utf8_columns(columns: Sequence[Sequence[str]]) -> Utf8Columns:
     return Utf8Columns(data, starts.reshape(k, n), (ends - starts).reshape(k, n), joined)
 
 
-_JIT = {"cache": True, "error_model": "numpy"}
+_JIT = {"cache": True, "error_model": "numpy", "nogil": True}
 _SEVEN_BITS = np.uint64(0x7F)
 _SEVEN = np.uint64(7)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-_JIT = {"cache": True, "error_model": "numpy"}
+_JIT = {"cache": True, "error_model": "numpy", "nogil": True}
 _NO_SEQ = np.iinfo(np.int64).min  # a seq no row has: `_last_visible` skips nothing
 
 
