@@ -5,10 +5,10 @@ fastavro walk the schema) cost more than everything else in the worker together.
 most of a record is constant: the header, the view and version strings, every map key. This
 encoder precomputes those bytes, takes the batch's strings as UTF-8 in one buffer
 (`utf8.utf8_columns`) and writes every record into one buffer in a compiled loop
-(`utf8.feature_records`), so a batch costs one slice per record. Its output is byte-for-byte
-what the generic encoder writes (tested).
-The scorer's side, `FeatureRecordReader` and `PredictionWriter`, reads such records a batch
-at a time with numpy and copies their bytes into predictions.
+(`record_kernels.feature_records`), so a batch costs one slice per record. Its output is
+byte-for-byte what the generic encoder writes (tested). The scorer's side,
+`FeatureRecordReader` and `PredictionWriter`, reads such records a batch at a time with numpy
+(and the values maps with nulls with a compiled loop) and copies their bytes into predictions.
 
 Avro binary, for reference: long = zig-zag varint; string = long length + UTF-8; map = blocks of
 (long count, entries) ended by a 0 count; union = long branch index + the value.
@@ -24,7 +24,7 @@ from itertools import repeat
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from driftline.core.codec import utf8
+from driftline.core.codec import record_kernels, utf8
 from driftline.core.codec.schema_set import SchemaSet, default_schema_set
 from driftline.core.codec.single_object import HEADER_SIZE, header
 
@@ -100,7 +100,7 @@ class FeatureRecordEncoder:
         times = ((v << 1) ^ (v >> 63)).view(np.uint64)
         matrix = np.ascontiguousarray(values, dtype="<f8").reshape(len(v), self.n)
         header, view_part, values_count, slices_count = self._parts
-        out, ends = utf8.feature_records(
+        out, ends = record_kernels.feature_records(
             header, view_part, values_count, *self._keys, slices_count, *self._slice_keys,
             strings.data, strings.starts, strings.lengths, times, matrix)
         flat = out.tobytes()  # one copy, then one slice per row
@@ -286,11 +286,13 @@ class _BytePattern:
 class FeatureRecordReader:
     """Reads feature records of one view version straight into a matrix.
 
-    Records laid out exactly as :class:`FeatureRecordEncoder` writes them with no null value
-    (every record in steady state) take the fast path: a few slices per record and one numpy
-    view for the doubles. Anything else — another view or version, a null, another map order,
-    another writer schema, and anything the decoder would refuse (a NaN or an infinity, a string
-    that is not UTF-8 or holds a NUL) — is left to the generic, validating decoder (``others``).
+    Records laid out exactly as :class:`FeatureRecordEncoder` writes them take the fast path:
+    a few slices per record and one numpy view for the doubles, or, for a values map with nulls
+    (a card's first event has no ``seconds_since_prev``), a compiled loop over that map
+    (`record_kernels.values_maps`; a null is NaN in the matrix, as the generic path scores it).
+    Anything else — another view or version, another map order, another writer schema, and
+    anything the decoder would refuse (a NaN or an infinity written as a double, a string that
+    is not UTF-8 or holds a NUL) — is left to the generic, validating decoder (``others``).
 
     A batch is checked as a whole, with numpy on one buffer joining its messages: a loop over
     the records in Python cost more than scoring them. What the arrays cannot settle cheaply
@@ -316,27 +318,44 @@ class FeatureRecordReader:
         self._header = _BytePattern(self.header)
         self._view_part = _BytePattern(self.view_part)
         self._block = _BytePattern(self.block, free=~constant)
+        # A block with nulls is 8 bytes shorter per null and read by a compiled loop.
+        self.shortest_block = len(self.block) - 8 * self.n
+        self._count = np.array(list(encoder.values_count), dtype=np.uint8)
+        self.key_parts = encoder.key_parts
+        self._keys = _joined(encoder.key_parts)
+        self._padding = _PADDING + bytes(self._block.width)  # a block window past a short record
 
     def read(self, messages: Sequence[bytes]) -> FastBatch:
         count = len(messages)
         lengths = np.fromiter(map(len, messages), dtype=np.int64, count=count)
         starts = np.zeros(count, dtype=np.int64)
         np.cumsum(lengths[:-1], out=starts[1:])
-        buf = np.frombuffer(b"".join([*messages, _PADDING]), dtype=np.uint8)
+        buf = np.frombuffer(b"".join([*messages, self._padding]), dtype=np.uint8)
         rows, head_ends, block_starts = self._candidates(messages, buf, starts, lengths)
         matrix, fits = self._values(buf, starts[rows] + block_starts)
+        sizes = np.full(len(rows), len(self.block), dtype=np.int64)
+        misfits = np.flatnonzero(~fits)
+        if len(misfits):  # blocks with nulls (or not this view's at all)
+            at = rows[misfits]
+            nulls, null_sizes, ok = record_kernels.values_maps(
+                buf, starts[at] + block_starts[misfits], starts[at] + lengths[at], self._count,
+                *self._keys)
+            fits[misfits[ok]] = True
+            matrix[misfits[ok]] = nulls[ok]
+            sizes[misfits[ok]] = null_sizes[ok]
         # The slices, the one variable part left, as bytes: a record's own, read once per map.
         fast = np.flatnonzero(fits)
         picked = (messages if len(fast) == count  # every record, in order
                   else [messages[i] for i in rows[fast].tolist()])
-        size = len(self.block)
-        tail_starts = (block_starts[fast] + size).tolist()
+        block_ends = block_starts[fast] + sizes[fast]
+        tail_starts = block_ends.tolist()
         tails = [data[start:] for data, start in zip(picked, tail_starts, strict=True)]
         good = self._tails_are_good(tails)
         if not good.all():
             fast = fast[good]
             picked = [data for data, ok in zip(picked, good.tolist(), strict=True) if ok]
             tails = [tail for tail, ok in zip(tails, good.tolist(), strict=True) if ok]
+            block_ends = block_ends[good]
         taken = np.zeros(count, dtype=bool)
         taken[rows[fast]] = True
         head_ends, block_starts = head_ends[fast].tolist(), block_starts[fast].tolist()
@@ -344,8 +363,8 @@ class FeatureRecordReader:
             index=rows[fast].tolist(),
             heads=[data[HEADER_SIZE:end] for data, end in zip(picked, head_ends, strict=True)],
             slices=tails,
-            values=[data[start:start + size]
-                    for data, start in zip(picked, block_starts, strict=True)],
+            values=[data[start:end] for data, start, end in zip(
+                picked, block_starts, block_ends.tolist(), strict=True)],
             matrix=matrix if len(fast) == len(matrix) else matrix[fast],
             others=np.flatnonzero(~taken).tolist())
 
@@ -394,7 +413,7 @@ class FeatureRecordReader:
         deferred.append(rows[~ended])
         head_end = key_end + first + 1
         block_start = head_end + len(self.view_part)
-        keep = ended & (block_start + len(self.block) <= lengths[rows])
+        keep = ended & (block_start + self.shortest_block <= lengths[rows])
         rows, at, head_end, block_start = rows[keep], at[keep], head_end[keep], block_start[keep]
         keep = self._view_part.matches(self._view_part.windows(buf, at + head_end))
         rows, head_end, block_start = rows[keep], head_end[keep], block_start[keep]
@@ -428,7 +447,7 @@ class FeatureRecordReader:
             return None
         block_start = head_end + len(self.view_part)
         if (data[head_end:block_start] != self.view_part
-                or len(data) < block_start + len(self.block)):
+                or len(data) < block_start + self.shortest_block):
             return None
         return head_end, block_start
 

@@ -47,9 +47,10 @@ SLICE_NAMES = ("segment", "channel")
 def reference_read(reader: FeatureRecordReader, messages: Sequence[bytes]) -> FastBatch:
     """``FeatureRecordReader.read`` as it was: one record at a time."""
     out = FastBatch()
-    header_, view_part, size = reader.header, reader.view_part, len(reader.block)
+    header_, view_part = reader.header, reader.view_part
+    count, keys = zigzag_varint(reader.n) if reader.n else b"", reader.key_parts
     good_tails: set[bytes] = set()
-    blocks = []
+    blocks, rows = [], []
     for i, data in enumerate(messages):
         try:
             if data[:10] != header_:
@@ -66,10 +67,29 @@ def reference_read(reader: FeatureRecordReader, messages: Sequence[bytes]) -> Fa
             if data[pos:pos + len(view_part)] != view_part:
                 raise ValueError
             pos += len(view_part)
-            block = data[pos:pos + size]
-            tail = data[pos + size:]
-            if len(block) != size:
+            block_start, row = pos, []
+            if data[pos:pos + len(count)] != count:
                 raise ValueError
+            pos += len(count)
+            for key in keys:  # each key, then null or a finite double
+                if data[pos:pos + len(key)] != key:
+                    raise ValueError
+                pos += len(key)
+                branch = data[pos]
+                if branch == 0:
+                    row.append(math.nan)
+                    pos += 1
+                elif branch == 2 and len(data) >= pos + 9:
+                    (value,) = struct.unpack("<d", data[pos + 1:pos + 9])
+                    if not math.isfinite(value):
+                        raise ValueError
+                    row.append(value)
+                    pos += 9
+                else:
+                    raise ValueError
+            if data[pos] != 0:
+                raise ValueError
+            block, tail = data[block_start:pos + 1], data[pos + 1:]
             if tail not in good_tails:
                 if _map_of_strings_end(tail, 0) != len(tail):
                     raise ValueError
@@ -80,26 +100,9 @@ def reference_read(reader: FeatureRecordReader, messages: Sequence[bytes]) -> Fa
         out.index.append(i)
         out.heads.append(data[10:head_end])
         blocks.append(block)
+        rows.append(row)
         out.slices.append(tail)
-    if not blocks:
-        out.matrix = np.zeros((0, reader.n))
-        return out
-    raw = np.frombuffer(b"".join(blocks), dtype=np.uint8).reshape(len(blocks), size)
-    template = np.frombuffer(reader.block, dtype=np.uint8)
-    columns = raw[:, reader.double_at[:, None] + np.arange(8)[None, :]]
-    matrix = np.ascontiguousarray(columns).view("<f8").reshape(len(raw), reader.n)
-    fits = ((raw[:, reader.constant] == template[reader.constant]).all(axis=1)
-            & np.isfinite(matrix).all(axis=1))
-    if not fits.all():
-        misfits = [out.index[k] for k in np.flatnonzero(~fits)]
-        keep = np.flatnonzero(fits).tolist()
-        out.index = [out.index[k] for k in keep]
-        out.heads = [out.heads[k] for k in keep]
-        out.slices = [out.slices[k] for k in keep]
-        blocks = [blocks[k] for k in keep]
-        matrix = matrix[fits]
-        out.others = sorted(out.others + misfits)
-    out.matrix = matrix
+    out.matrix = np.array(rows, dtype=np.float64).reshape(len(rows), reader.n)
     out.values = blocks
     return out
 
