@@ -126,6 +126,14 @@ class EventBatch:
         )
 
 
+def _column(piece: Mapping[str, np.ndarray], key: str) -> np.ndarray:
+    """Column `key` of a snapshot or delta: a string column from its words and codes, or as
+    stored (numbers, and strings in snapshots written before they were coded)."""
+    if f"{key}.codes" in piece:
+        return np.asarray(piece[f"{key}.words"])[np.asarray(piece[f"{key}.codes"])]
+    return np.asarray(piece[key])
+
+
 @dataclass(frozen=True)
 class FeatureBatch:
     """What one `FeatureEngine.process` call produced."""
@@ -230,12 +238,7 @@ class FeatureEngine:
         if n:
             self._max_time = max(self._max_time, int(times.max()))
             self._last_seq = int(seq[-1])
-        delta = self._rows_snapshot(
-            entity_raw,
-            times[index],
-            seq[index],
-            {name: self._field(batch, name)[index] for name in columns},
-        )
+        delta = self._rows_snapshot(entity, times[index], seq[index], columns)
         self._expire()
         return FeatureBatch(
             applied=applied,
@@ -251,10 +254,9 @@ class FeatureEngine:
         """All retained state as plain arrays (``np.savez`` without pickle), rows in seq order."""
         table = self._table
         order = np.argsort(table.seq, kind="stable")
-        fields = {n: table.values[n][order] for n in self._numeric}
-        fields.update({n: self._vocab[n].decode(table.values[n][order]) for n in self._strings})
-        entity = self._vocab["entity"].decode(table.entity[order])
-        return self._rows_snapshot(entity, table.time[order], table.seq[order], fields)
+        fields = {n: table.values[n][order] for n in [*self._numeric, *self._strings]}
+        return self._rows_snapshot(table.entity[order], table.time[order], table.seq[order],
+                                   fields)
 
     @classmethod
     def restore(
@@ -274,7 +276,7 @@ class FeatureEngine:
                 raise ValueError(f"snapshot is for view version {version}, not {view.version}")
 
         def joined(key: str) -> np.ndarray:
-            return np.concatenate([np.asarray(piece[key]) for piece in snapshots])
+            return np.concatenate([_column(piece, key) for piece in snapshots])
 
         seq, first = np.unique(joined("seq"), return_index=True)
         entity_raw = joined("entity")[first].astype(str)
@@ -319,19 +321,35 @@ class FeatureEngine:
         seq: np.ndarray,
         fields: Mapping[str, np.ndarray],
     ) -> dict[str, np.ndarray]:
+        """Rows as plain arrays; `entity` and the string fields are this engine's codes, stored
+        as the words the rows use and an int32 index into them (`_column` reads them back)."""
         out = {
             "view_version": np.array([self.view.version]),
             "max_event_time_ms": np.array([self._max_time], dtype=np.int64),
             "last_seq": np.array([self._last_seq], dtype=np.int64),
-            "entity": np.asarray(entity, dtype=str),
             "event_time_ms": np.asarray(time, dtype=np.int64),
             "seq": np.asarray(seq, dtype=np.int64),
         }
+        out.update(self._words("entity", entity, self._vocab["entity"]))
         for name in self._numeric:
             out[f"field.{name}"] = np.asarray(fields[name], dtype=np.float64)
         for name in self._strings:
-            out[f"field.{name}"] = np.asarray(fields[name], dtype=str)
+            out.update(self._words(f"field.{name}", fields[name], self._vocab[name]))
         return out
+
+    @staticmethod
+    def _words(key: str, codes: np.ndarray, vocab: Vocabulary) -> dict[str, np.ndarray]:
+        """``<key>.words`` (the distinct strings behind `codes`, sorted, so that the snapshot
+        depends on the rows alone, not on this engine's codes) and ``<key>.codes`` (int32: each
+        row's index into them). A card id repeats ~170 times in a partition's day: its row
+        costs 4 bytes, not 4 per character of fixed-width unicode (the snapshot of demo
+        partition 0 after 1M events: 16.3 MB packed before, 5.5 MB)."""
+        used, index = np.unique(codes, return_inverse=True)
+        words = vocab.decode(used)
+        order = np.argsort(words, kind="stable")
+        rank = np.empty(len(order), dtype=np.int32)
+        rank[order] = np.arange(len(order), dtype=np.int32)
+        return {f"{key}.words": words[order], f"{key}.codes": rank[index.reshape(-1)]}
 
     def _expire(self) -> None:
         table = self._table

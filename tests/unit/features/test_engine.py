@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import itertools
 from collections.abc import Sequence
@@ -264,6 +265,49 @@ def test_restore_from_snapshot_and_deltas_continues_like_live(view_name, cached_
             np.testing.assert_array_equal(got.values, expected.values)
             np.testing.assert_array_equal(got.online_entity, expected.online_entity)
             np.testing.assert_array_equal(got.online_values, expected.online_values)
+
+
+def _strings_stored_as_they_were(piece: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A snapshot or delta in the format before string columns were coded: each string column
+    a fixed-width unicode array of its own."""
+    old = {k: v for k, v in piece.items() if not k.endswith((".words", ".codes"))}
+    for key in [k[:-len(".codes")] for k in piece if k.endswith(".codes")]:
+        old[key] = piece[f"{key}.words"][piece[f"{key}.codes"]]
+    return old
+
+
+def test_string_columns_are_stored_as_sorted_words_and_codes_and_old_logs_still_restore(
+        every_view, stream):
+    """Strings in a snapshot are their distinct words (sorted: a snapshot depends on the rows,
+    not on an engine's codes) and an int32 code per row; non-ASCII ids come back as they
+    went in; a log written before (one unicode array per string column) restores the same."""
+    events = stream.iloc[:3_500].copy()
+    events["entity_id"] = [f"kunde-{e}-ü€" if i % 3 == 0 else e
+                           for i, e in enumerate(events["entity_id"])]
+    batch = to_batch(events)
+    live = FeatureEngine(every_view)
+    snapshot = live.process(batch.take(slice(0, 1_000))).state_delta
+    deltas = [live.process(batch.take(slice(a, a + 1_000))).state_delta for a in (1_000, 2_000)]
+    for piece in [snapshot, *deltas, live.snapshot()]:
+        for key in [k for k in piece if k.endswith(".codes")]:
+            words = piece[key.replace(".codes", ".words")]
+            assert piece[key].dtype == np.int32 and words.dtype.kind == "U"
+            assert words.tolist() == sorted(set(words.tolist()))  # sorted, each once
+            assert piece[key].max() == len(words) - 1
+    assert {"entity.words", "entity.codes"} <= set(live.snapshot()) and "entity" not in deltas[0]
+    state = _savez_roundtrip(live.snapshot())
+    assert set(state["entity.words"][state["entity.codes"]]) == set(
+        events.loc[events["seq"].isin(state["seq"]), "entity_id"])
+    assert any(not w.isascii() for w in state["entity.words"].tolist())
+    log = [_savez_roundtrip(p) for p in (snapshot, *deltas)]
+    for restored in (FeatureEngine.restore(every_view, log),
+                     FeatureEngine.restore(every_view, [_strings_stored_as_they_were(p)
+                                                        for p in log])):
+        for key, value in live.snapshot().items():
+            np.testing.assert_array_equal(restored.snapshot()[key], value, err_msg=key)
+        rest = batch.take(slice(3_000, 3_500))
+        np.testing.assert_array_equal(restored.process(rest).values,
+                                      copy.deepcopy(live).process(rest).values)
 
 
 def test_restore_rejects_other_view_version(every_view, demo_view):
