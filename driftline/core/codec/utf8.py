@@ -2,9 +2,10 @@
 records from).
 
 A batch's strings are joined with a NUL between them and encoded once, then cut at the NULs
-with numpy: about 20 ns a string, against about 100 for ``str.encode`` one by one. A string
-that holds a NUL itself (the per-record decoder lets one through) is found by the separator
-count, and that batch's strings are then encoded one by one.
+with numpy: 33 ns a string with its offsets (10,000 rows of four demo-like string columns),
+against 46 for encoding each with ``str.encode`` and joining them, before their lengths are
+even counted. A string that holds a NUL itself (the per-record decoder lets one through) is
+found by the separator count, and that batch's strings are then encoded one by one.
 """
 
 from __future__ import annotations
