@@ -79,7 +79,7 @@ class FeatureRecordEncoder:
         self.slices_count = zigzag_varint(len(slice_names)) if slice_names else b""
         self._parts = [np.frombuffer(part, dtype=np.uint8) for part in (
             self.header, self.view_part, self.values_count, self.slices_count)]
-        self._keys = _joined(self.key_parts)
+        self.key_table = _joined(self.key_parts)  # the keys as the compiled loops take them
         self._slice_keys = _joined(self.slice_keys)
 
     def encode_batch(self, event_ids: Sequence[str], entity_ids: Sequence[str],
@@ -101,7 +101,7 @@ class FeatureRecordEncoder:
         matrix = np.ascontiguousarray(values, dtype="<f8").reshape(len(v), self.n)
         header, view_part, values_count, slices_count = self._parts
         out, ends = record_kernels.feature_records(
-            header, view_part, values_count, *self._keys, slices_count, *self._slice_keys,
+            header, view_part, values_count, *self.key_table, slices_count, *self._slice_keys,
             strings.data, strings.starts, strings.lengths, times, matrix)
         flat = out.tobytes()  # one copy, then one slice per row
         bounds = np.empty(len(ends) + 1, dtype=np.int64)
@@ -320,9 +320,9 @@ class FeatureRecordReader:
         self._block = _BytePattern(self.block, free=~constant)
         # A block with nulls is 8 bytes shorter per null and read by a compiled loop.
         self.shortest_block = len(self.block) - 8 * self.n
-        self._count = np.array(list(encoder.values_count), dtype=np.uint8)
         self.key_parts = encoder.key_parts
-        self._keys = _joined(encoder.key_parts)
+        self._count = np.frombuffer(encoder.values_count, dtype=np.uint8)
+        self._keys = encoder.key_table
         self._padding = _PADDING + bytes(self._block.width)  # a block window past a short record
 
     def read(self, messages: Sequence[bytes]) -> FastBatch:
