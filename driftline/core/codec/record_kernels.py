@@ -111,6 +111,17 @@ def feature_records(header, view_part, values_head, keys, key_starts, key_length
 
 
 @njit(**_JIT)
+def _same(buf, p, end, pattern, start, length):  # pragma: no cover - compiled
+    """Whether ``buf[p:p + length]`` (ending by `end`) is ``pattern[start:start + length]``."""
+    if p + length > end:
+        return False
+    for k in range(length):
+        if buf[p + k] != pattern[start + k]:
+            return False
+    return True
+
+
+@njit(**_JIT)
 def values_maps(buf, at, ends, count, keys, key_starts, key_lengths):  # pragma: no cover
     """The values maps at positions `at` of `buf` (each record ending before ``ends``), read
     as `FeatureRecordEncoder` writes them, nulls included: the `count` bytes, then per feature
@@ -156,14 +167,3 @@ def values_maps(buf, at, ends, count, keys, key_starts, key_lengths):  # pragma:
             sizes[i] = p + 1 - at[i]
             ok[i] = True
     return matrix, sizes, ok
-
-
-@njit(**_JIT)
-def _same(buf, p, end, pattern, start, length):  # pragma: no cover - compiled
-    """Whether ``buf[p:p + length]`` (ending by `end`) is ``pattern[start:start + length]``."""
-    if p + length > end:
-        return False
-    for k in range(length):
-        if buf[p + k] != pattern[start + k]:
-            return False
-    return True
