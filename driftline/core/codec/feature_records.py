@@ -104,10 +104,7 @@ class FeatureRecordEncoder:
             header, view_part, values_count, *self.key_table, slices_count, *self._slice_keys,
             strings.data, strings.starts, strings.lengths, times, matrix)
         flat = out.tobytes()  # one copy, then one slice per row
-        bounds = np.empty(len(ends) + 1, dtype=np.int64)
-        bounds[0] = 0
-        bounds[1:] = ends
-        cuts = bounds.tolist()
+        cuts = [0, *ends.tolist()]
         return ([flat[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)],
                 strings.bytes_of(1))
 
