@@ -369,3 +369,148 @@ def test_per_partition_a_failed_commit_replays_it_the_batch_after_it_and_what_wa
     assert consumer.commits == []
     assert consumer.seeks == [("events", 0, 5), ("events", 1, 5), ("events", 2, 5)]
     assert batches._pending is None and not batches._waiting
+
+
+# -- pipelines with decode: batch N is computed on the compute thread while N+1 is decoded ----
+
+class DecodedPipeline(StagedPipeline):
+    """``prepare`` in two halves, ``decode n`` and ``compute n``, each logged."""
+
+    def decode(self, batches):
+        n = batches[0].messages[0].offset() // 10
+        self._call(f"decode {n}")
+        pipeline = self
+
+        class Decoded:
+            def compute(self):
+                pipeline._call(f"compute {n}")
+
+                class Staged:
+                    def send(self):
+                        pipeline._call(f"send {n}")
+
+                    def finish(self):
+                        pipeline._call(f"finish {n}")
+
+                return Staged()
+
+        return Decoded()
+
+
+def decoded_loop(pipeline: DecodedPipeline, threads: bool = False) -> BatchLoop:
+    """The loop under test; with `threads`, its own compute and commit threads, else
+    `AtResult` for both."""
+    batches = BatchLoop(lambda: None, "events", pipeline=pipeline, batch_size=100,
+                        batch_timeout_s=0.1, committer=None if threads else AtResult(),
+                        computer=None if threads else AtResult())
+    batches.assigned = {PartitionId("events", 0)}
+    return batches
+
+
+def test_with_decode_batch_n_is_sent_after_n_plus_1_is_decoded_and_commits_in_order():
+    consumer, pipeline = ScriptedConsumer(batch(0), batch(1), batch(2)), DecodedPipeline()
+    batches = decoded_loop(pipeline)
+    for _ in range(4):
+        batches._step(consumer)
+    assert pipeline.log == ["decode 0",
+                            "decode 1", "compute 0", "send 0",
+                            "decode 2", "compute 1", "finish 0", "send 1",
+                            "compute 2", "finish 1", "send 2",  # nothing more arrived
+                            "finish 2"]
+    assert consumer.commits == [{("events", 0): 10}, {("events", 0): 20}, {("events", 0): 30}]
+    # with a batch being computed, the loop only took what had arrived (timeout 0)
+    assert consumer.timeouts == [0.1, 0, 0, 0]
+    assert batches.messages == 30 and batches._pending is None and batches._computing is None
+
+
+def test_with_decode_a_failed_compute_replays_it_and_the_batch_decoded_after_it():
+    consumer = ScriptedConsumer(batch(0), batch(1), batch(2))
+    pipeline = DecodedPipeline(fail="compute 1")
+    batches = decoded_loop(pipeline)
+    for _ in range(3):
+        batches._step(consumer)
+    # batch 2's computation ends before the state is rebuilt, and it replays with batch 1
+    assert pipeline.log == ["decode 0", "decode 1", "compute 0", "send 0",
+                            "decode 2", "compute 1", "finish 0", "compute 2",
+                            "revoke", "assign"]
+    assert consumer.commits == [{("events", 0): 10}]
+    assert consumer.seeks == [("events", 0, 10)]
+    assert batches._pending is None and batches._computing is None
+
+
+def test_with_decode_a_failed_commit_replays_every_batch_after_the_last_commit():
+    consumer = ScriptedConsumer(batch(0), batch(1), batch(2))
+    pipeline = DecodedPipeline(fail="finish 0")
+    batches = decoded_loop(pipeline)
+    for _ in range(3):
+        batches._step(consumer)
+    assert pipeline.log == ["decode 0", "decode 1", "compute 0", "send 0",
+                            "decode 2", "compute 1", "finish 0", "compute 2",
+                            "revoke", "assign"]
+    assert consumer.commits == []
+    assert consumer.seeks == [("events", 0, 0)]
+    assert batches._pending is None and batches._computing is None
+
+
+def test_with_decode_a_failed_decode_lands_what_is_in_flight_then_replays_alone():
+    consumer = ScriptedConsumer(batch(0), batch(1), batch(2))
+    pipeline = DecodedPipeline(fail="decode 2")
+    batches = decoded_loop(pipeline)
+    for _ in range(3):
+        batches._step(consumer)
+    assert pipeline.log == ["decode 0", "decode 1", "compute 0", "send 0",
+                            "decode 2", "compute 1", "finish 0", "send 1", "finish 1",
+                            "revoke", "assign"]
+    assert consumer.commits == [{("events", 0): 10}, {("events", 0): 20}]
+    assert consumer.seeks == [("events", 0, 20)]
+
+
+def test_a_rebalance_sends_and_commits_the_batch_being_computed():
+    from confluent_kafka import TopicPartition
+
+    consumer, pipeline = ScriptedConsumer(batch(0), batch(1)), DecodedPipeline()
+    consumer.unassign = lambda: None
+    batches = decoded_loop(pipeline)
+    batches._step(consumer)
+    batches._step(consumer)
+    batches._on_revoke(consumer, [TopicPartition("events", 0)])
+    assert pipeline.log == ["decode 0", "decode 1", "compute 0", "send 0",
+                            "compute 1", "finish 0", "send 1", "finish 1", "revoke"]
+    assert consumer.commits == [{("events", 0): 10}, {("events", 0): 20}]
+
+
+def test_with_decode_a_batch_is_computed_on_the_compute_thread_while_the_next_is_decoded():
+    """Batch 0's computation waits for batch 1's decoding to start: without the overlap it
+    would wait in vain."""
+    consumer = ScriptedConsumer(batch(0), batch(1))
+    decoding_1 = threading.Event()
+    threads: dict[str, str] = {}
+
+    class Overlapping(DecodedPipeline):
+        def _call(self, what: str) -> None:
+            threads[what] = threading.current_thread().name
+            if what == "decode 1":
+                decoding_1.set()
+            if what == "compute 0":
+                assert decoding_1.wait(5), "batch 0 was not computed while batch 1 was decoded"
+            super()._call(what)
+
+    pipeline = Overlapping()
+    batches = decoded_loop(pipeline, threads=True)
+    try:
+        batches._step(consumer)
+        batches._step(consumer)
+        batches._finish_pending(consumer)
+    finally:
+        batches._committer.shutdown()
+        batches._computer.shutdown()
+    log = pipeline.log  # the compute thread's calls interleave with the others
+    assert [line for line in log if not line.startswith("compute")] == [
+        "decode 0", "decode 1", "send 0", "finish 0", "send 1", "finish 1"]
+    assert log.index("decode 1") < log.index("compute 0") < log.index("compute 1")
+    assert log.index("compute 0") < log.index("send 0") and \
+        log.index("compute 1") < log.index("send 1")
+    assert threads["compute 0"] == threads["compute 1"] != threads["decode 1"]
+    assert threads["compute 0"].startswith("compute:events")
+    assert threads["send 0"] == threads["decode 1"]
+    assert consumer.commits == [{("events", 0): 10}, {("events", 0): 20}]
