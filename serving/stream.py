@@ -19,9 +19,7 @@ Undecodable records and records of another view version go to the DLQ with the r
 servable model the batch fails and the batch loop retries it after a back-off, so nothing is
 dropped while a model is missing. Predictions are flushed before the loop commits the offsets,
 in the order of their records; the loop scores batch N+1 while batch N's predictions are being
-acknowledged (``prepare``, then N's ``finish``, then N+1's ``send``), and reads batch N+2 on its
-thread while its compute thread scores N+1 (``decode``, then ``ReadBatch.compute``: ONNX
-Runtime releases the GIL for the model call).
+acknowledged (``prepare``, then N's ``finish``, then N+1's ``send``).
 """
 
 from __future__ import annotations
@@ -113,31 +111,19 @@ class ScoringPipeline:
     def prepare(self, batches: Sequence[MessageBatch]) -> ScoredBatch:
         """Read and score the batch; nothing is produced before ``send``. The batch loop calls
         this while the previous batch's predictions are being acknowledged."""
-        return self.decode(batches).compute()
-
-    def decode(self, batches: Sequence[MessageBatch]) -> ReadBatch:
-        """The first half of ``prepare`` (on the batch loop's thread): read the records; the
-        loop's compute thread scores them (``ReadBatch.compute``) while it reads the next."""
         messages = [m for batch in batches for m in batch.messages]
+        out = ScoredBatch(self, messages)
         if not messages:
-            return ReadBatch(self, messages, None, None, 0.0)
+            return out
         start = time.perf_counter()
         serving = self.holder.serving()  # once per batch; ModelUnavailable -> retried
         values = [m.value() or b"" for m in messages]
         fast = self._reader_for(serving.production).read(values)
-        return ReadBatch(self, messages, serving, fast, time.perf_counter() - start)
-
-    def _score(self, read: ReadBatch) -> ScoredBatch:
-        out = ScoredBatch(self, read.messages)
-        if read.fast is None:
-            return out
-        start = time.perf_counter()
-        fast, serving, messages = read.fast, read.serving, read.messages
         if fast.index:
             self._score_fast(serving, fast, out)
         if fast.others:
             self._score_generic(serving, [messages[i] for i in fast.others], fast.others, out)
-        out.seconds = read.seconds + time.perf_counter() - start
+        out.seconds = time.perf_counter() - start
         return out
 
     # -- the two paths ------------------------------------------------------------------------
@@ -221,21 +207,6 @@ class ScoringPipeline:
                 model.name, model.version, meta.view, meta.view_version, model.threshold,
                 self.decoder.schemas)
         return writer
-
-
-@dataclass
-class ReadBatch:
-    """A batch read by ``ScoringPipeline.decode``: a
-    :class:`~driftline.adapters.batch_loop.DecodedBatch`."""
-
-    pipeline: ScoringPipeline
-    messages: list[Message]
-    serving: Serving | None
-    fast: FastBatch | None  # None: no messages
-    seconds: float  # spent reading
-
-    def compute(self) -> ScoredBatch:
-        return self.pipeline._score(self)
 
 
 class ScoredBatch:

@@ -1,7 +1,6 @@
 """A consumer loop over one or more topics that hands a pipeline whole batches, on its own thread.
 
-Contract with the pipeline it drives (everything runs on the loop's thread, never concurrently,
-except a staged batch's ``finish`` and a decoded batch's ``compute``, as said below):
+Contract with the pipeline it drives (everything runs on the loop's thread, never concurrently):
 - ``on_assign(partitions) -> {partition: offset}``: the partitions are :class:`PartitionId`
   (topic, partition); load state and return the offset to resume each from (state-backed), or
   omit one to resume from the group's committed offset.
@@ -9,9 +8,7 @@ except a staged batch's ``finish`` and a decoded batch's ``compute``, as said be
   (its messages in offset order); when it returns, the batch's effects have landed.
 - ``on_revoke(partitions)``: drop state for partitions this consumer no longer owns.
 - optionally ``prepare(batches) -> StagedBatch``, for a pipeline whose output must be
-  acknowledged by the broker before it commits (the feature worker): see "No idle waits" below;
-  and optionally ``decode(batches) -> DecodedBatch``, ``prepare`` in two halves, for a pipeline
-  whose computation releases the GIL: see "A compute thread" below.
+  acknowledged by the broker before it commits (the feature worker): see "No idle waits" below.
 Several topics are consumed by one consumer in one group: with the same partition count and
 key on each (co-partitioned, as predictions and labels are by entity), partition p of every
 topic is assigned to the same consumer (the range assignor), so a stage can join them.
@@ -37,19 +34,6 @@ send fails, N still commits and N+1 alone replays. When nothing new has arrived 
 for N at once, and before a rebalance or a stop it finishes what it has. A pipeline's
 ``finish`` must therefore be safe to run while its next ``prepare`` runs (it touches only the
 batch it belongs to, the producer and the stores).
-
-A compute thread. A pipeline with ``decode`` splits ``prepare`` in two: ``decode`` (turn the
-messages into what the computation needs; on the loop's thread) and the returned batch's
-``compute()`` (the rest of ``prepare``, returning the StagedBatch), which runs on the loop's
-compute thread, one batch at a time in order, while the loop thread consumes and decodes the
-next batch. The loop then waits for that computation, lands the previous batch and sends it as
-above: the same order of sends and commits, one more batch in flight. Python code of both
-threads still takes turns on the GIL, so it pays where the computation is long calls that
-release it: the scorer's ONNX Runtime call overlaps the next batch's consume and read (+5 % over
-five pairs of bench runs). The feature worker does not use it: its engine is many short calls,
-and split across two threads its work took the same CPU time and no less wall time. A failure
-settles the batch being computed before any state is rebuilt; everything not committed
-replays.
 
 With ``per_partition`` (the feature worker), each partition (every topic's partition p together)
 goes through those steps as a batch of its own, in turns: the loop keeps what it consumed per
@@ -116,22 +100,6 @@ class StagedBatch(Protocol):
         the loop's commit thread, while the next batch's ``prepare`` runs on the loop's."""
 
 
-class DecodedBatch(Protocol):
-    """What a pipeline's ``decode`` returns: the batch, ready to be computed."""
-
-    def compute(self) -> StagedBatch:
-        """The rest of ``prepare``; runs on the loop's compute thread."""
-
-
-@dataclass
-class _Computing:
-    """A batch handed to ``prepare`` (or to ``compute`` on the compute thread)."""
-
-    messages: list[Message]
-    batches: list[MessageBatch]
-    staged: Future  # -> StagedBatch
-
-
 @dataclass
 class _Pending:
     staged: StagedBatch
@@ -160,8 +128,7 @@ class BatchLoop:
     def __init__(self, consumer_factory: Callable[[], Consumer], topics: str | Sequence[str],
                  pipeline: BatchPipeline, batch_size: int, batch_timeout_s: float,
                  max_backoff_s: float = 30.0, batch_linger_s: float = 0.0,
-                 committer: Executor | None = None, per_partition: bool = False,
-                 computer: Executor | None = None) -> None:
+                 committer: Executor | None = None, per_partition: bool = False) -> None:
         self._consumer_factory = consumer_factory
         self.topics = [topics] if isinstance(topics, str) else list(topics)
         self.topic = ",".join(self.topics)  # for logs and /health
@@ -180,7 +147,6 @@ class BatchLoop:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pending: _Pending | None = None  # sent, not yet finished (pipelines with prepare)
-        self._computing: _Computing | None = None  # being computed (pipelines with decode)
         self._staged = hasattr(pipeline, "prepare")
         self.per_partition = per_partition  # stage each partition on its own, in turns
         self._waiting: dict[PartitionId, list[Message]] = {}  # consumed, not yet staged
@@ -189,12 +155,6 @@ class BatchLoop:
         # first batch. Tests pass an executor that runs a task when its result is asked for.
         self._committer = committer or ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"commits:{self.topic}")
-        # Runs each decoded batch's compute() (one at a time, in order), for pipelines with
-        # decode; None: prepare on the loop's thread.
-        self._computer = None
-        if hasattr(pipeline, "decode"):
-            self._computer = computer or ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix=f"compute:{self.topic}")
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -242,8 +202,6 @@ class BatchLoop:
             finally:
                 consumer.close()
                 self._committer.shutdown(wait=True)
-                if self._computer is not None:
-                    self._computer.shutdown(wait=True)
         except BaseException as exc:  # surfaced by /health; the process must not hide it
             self.failure = exc
             log.exception("batch loop for %s failed", self.topic)
@@ -287,8 +245,7 @@ class BatchLoop:
         limit = self.batch_size if limit is None else limit
         # With a batch in flight (or messages waiting), only take what has already arrived: if
         # nothing has, that batch is finished at once instead of after a wait.
-        idle = self._pending is None and self._computing is None
-        timeout = self.batch_timeout_s if wait and idle else 0
+        timeout = self.batch_timeout_s if wait and self._pending is None else 0
         raw = consumer.consume(num_messages=1, timeout=timeout)
         if raw and limit > 1:
             raw += consumer.consume(num_messages=limit - 1, timeout=self.batch_linger_s)
@@ -351,51 +308,27 @@ class BatchLoop:
                      messages: list[Message]) -> None:
         """Compute this batch while the previous one finishes on the commit thread, then
         commit the previous one, then send this one and start its finish (see "No idle waits"
-        in the module docstring); with a compute thread, hand this batch to it and do that
-        for the batch it computed before."""
-        if self._computer is None:
-            staged: Future = Future()
-            try:
-                staged.set_result(self.pipeline.prepare(batches))
-            except Exception as exc:  # noqa: BLE001 - replays from the committed state
-                staged.set_exception(exc)
-            self._advance(consumer, _Computing(messages, batches, staged))
-            return
-        try:
-            decoded = self.pipeline.decode(batches)
-        except Exception as exc:  # noqa: BLE001 - replays once what is in flight has landed
-            self._finish_pending(consumer)  # (or replays too)
-            self._failed(consumer, exc, messages)
-            return
-        previous, self._computing = self._computing, _Computing(
-            messages, batches, self._computer.submit(decoded.compute))
-        if previous is not None:
-            self._advance(consumer, previous)
-
-    def _advance(self, consumer: Consumer, computing: _Computing, rewind: bool = True) -> None:
-        """Wait for `computing`'s StagedBatch, land the pending batch, send `computing`'s and
-        start its finish on the commit thread. On a failure, what did not commit replays
-        (with `rewind`; else it is left to the next owner)."""
+        in the module docstring)."""
         pending, self._pending = self._pending, None
         try:
-            staged = computing.staged.result()
-        except Exception as exc:  # noqa: BLE001
+            staged = self.pipeline.prepare(batches)
+        except Exception as exc:  # noqa: BLE001 - replays from the committed state
             error = self._land(consumer, pending)
             if error is None:
-                self._give_up(consumer, exc, computing.messages, rewind)
+                self._failed(consumer, exc, messages)
             else:  # the previous batch did not commit either: both replay
-                self._give_up(consumer, error, pending.messages + computing.messages, rewind)
+                self._failed(consumer, error, pending.messages + messages)
             return
         error = self._land(consumer, pending)
         if error is not None:
-            self._give_up(consumer, error, pending.messages + computing.messages, rewind)
+            self._failed(consumer, error, pending.messages + messages)
             return
         try:
             staged.send()
         except Exception as exc:  # noqa: BLE001
-            self._give_up(consumer, exc, computing.messages, rewind)
+            self._failed(consumer, exc, messages)
             return
-        self._pending = _Pending(staged, computing.messages, computing.batches,
+        self._pending = _Pending(staged, messages, batches,
                                  self._committer.submit(staged.finish))
 
     def _land(self, consumer: Consumer, pending: _Pending | None) -> Exception | None:
@@ -411,47 +344,23 @@ class BatchLoop:
         return None
 
     def _finish_pending(self, consumer: Consumer, rewind: bool = True) -> None:
-        """Land everything in flight: the batch being computed is sent and, like the one
-        sent before it, waited for and committed."""
-        computing, self._computing = self._computing, None
-        if computing is not None:
-            self._advance(consumer, computing, rewind)
         pending, self._pending = self._pending, None
         error = self._land(consumer, pending)
-        if error is not None:
-            self._give_up(consumer, error, pending.messages, rewind)
-
-    def _give_up(self, consumer: Consumer, error: Exception, messages: list[Message],
-                 rewind: bool) -> None:
-        """A batch failed: rebuild and replay (`rewind`), or only count and log it (before a
-        rebalance or a stop, when the next owner replays it from the committed state)."""
-        if rewind:
-            self._failed(consumer, error, messages)
+        if error is None:
             return
-        self._settle_computing()
-        BATCH_FAILURES.labels(self.topic, type(error).__name__).inc()
-        log.warning("last batch on %s failed (%s); it replays from the committed state",
-                    self.topic, describe(error))
-
-    def _settle_computing(self) -> list[Message]:
-        """Wait for the batch being computed, dropping it; its messages (to replay)."""
-        computing, self._computing = self._computing, None
-        if computing is None:
-            return []
-        try:
-            computing.staged.result()
-        except Exception:  # noqa: BLE001, S110 - it replays either way
-            pass
-        return computing.messages
+        if rewind:
+            self._failed(consumer, error, pending.messages)
+        else:
+            BATCH_FAILURES.labels(self.topic, type(error).__name__).inc()
+            log.warning("last batch on %s failed (%s); it replays from the committed state",
+                        self.topic, describe(error))
 
     def _failed(self, consumer: Consumer, exc: Exception, messages: list[Message]) -> None:
         BATCH_FAILURES.labels(self.topic, type(exc).__name__).inc()
         DEPENDENCY_ERRORS.labels(dependency_of(exc)).inc()
         log.warning("batch on %s failed (%s); rebuilding state and retrying", self.topic,
                     describe(exc))
-        # the batch being computed (later than `messages`) replays too; no state is rebuilt
-        # while the compute thread may still touch it
-        self._rewind(consumer, [*messages, *self._settle_computing()])
+        self._rewind(consumer, messages)
 
     def _committed(self, consumer: Consumer, batches: Sequence[MessageBatch]) -> None:
         """The batch's effects have landed: commit its offsets to Kafka too."""

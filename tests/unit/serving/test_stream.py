@@ -182,26 +182,6 @@ def test_a_swap_takes_effect_at_the_next_batch(holder, registry):
         sorted(r["event_id"] for r in second)
 
 
-def test_a_batch_read_before_a_swap_is_scored_by_the_model_it_was_read_for(holder, registry):
-    """The batch loop scores a batch on its compute thread after reading it on its own: the
-    serving snapshot is the one taken when the batch was read, whatever swaps in between."""
-    scorer, producer = pipeline(holder)
-    sent = records(20, seed=9)
-    read = scorer.decode(batches(on_partition(0, sent)))
-    holder.reload(2)
-    staged = read.compute()
-    staged.send()
-    staged.finish()
-    predictions = read_all([v for v, _ in producer.on(PREDICTIONS)], "Prediction")
-    assert [p["model_version"] for p in predictions] == [1] * 20
-    np.testing.assert_allclose([p["score"] for p in predictions],
-                               onnx_scores(registry, 1, inputs_matrix(predictions)),
-                               rtol=0, atol=1e-6)
-    scorer.process(batches(on_partition(0, records(5, start=20, seed=10))))
-    assert [p["model_version"] for p in read_all([v for v, _ in producer.on(PREDICTIONS)],
-                                                 "Prediction")][20:] == [2] * 5
-
-
 def test_a_lost_delivery_fails_the_batch_so_it_is_not_committed(holder):
     scorer, producer = pipeline(holder)
     producer.fail_next_flush = "broker gone"
